@@ -1,0 +1,151 @@
+"""What faults exist: each protocol's stages and actions, with their parameter types.
+
+Pure data, imported by scenario validation, so it must never import a server.
+A parameter type is a Python type, a tuple of allowed values, or ``object``.
+"""
+
+from __future__ import annotations
+
+#: Wire actions work on any TCP server, at ``connect`` or scoped to a stage.
+WIRE_ACTIONS: dict[str, dict[str, object]] = {
+    "refuse": {},
+    "reset": {"bytes": int},
+    "close": {"bytes": int},
+    "stall": {"bytes": int},
+    "delay": {"seconds": float, "jitter": float},
+    "throttle": {"bytes_per_second": int},
+    "slice": {"size": int, "interval": float},
+    "corrupt": {"rate": float},
+    "truncate": {"bytes": int},
+}
+
+#: Datagram actions, for UDP servers (DNS, and the UDP echo server).
+UDP_ACTIONS: dict[str, dict[str, object]] = {
+    "drop": {},
+    "delay": {"seconds": float, "jitter": float},
+    "duplicate": {"copies": int},
+    "corrupt": {"rate": float},
+    "truncate": {"bytes": int},
+}
+
+#: What a wire action parameter defaults to when a rule leaves it out.
+WIRE_DEFAULTS: dict[str, object] = {
+    "bytes": 0,
+    "seconds": 0.0,
+    "jitter": 0.0,
+    "bytes_per_second": 1024,
+    "size": 1,
+    "interval": 0.01,
+    "rate": 0.01,
+    "copies": 1,
+}
+
+_THEN = ("none", "close", "reset", "stall")
+_SMTP_REPLY = {"code": int, "message": str, "then": _THEN}
+
+
+class Protocol:
+    """A protocol's fault surface: where (stages) and what (actions with parameters)."""
+
+    def __init__(self, stages, actions, transport="tcp", match=()):
+        self.stages = frozenset(stages)
+        self.actions = dict(actions)
+        self.transport = transport
+        #: Attribute names a rule's ``match`` may use (empty: anything).
+        self.match = frozenset(match)
+
+    def all_actions(self) -> dict[str, dict[str, object]]:
+        merged = {}
+        if self.transport in ("tcp", "both"):
+            merged.update(WIRE_ACTIONS)
+        if self.transport in ("udp", "both"):
+            merged.update(UDP_ACTIONS)
+        merged.update(self.actions)
+        return merged
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "http": Protocol(
+        stages={"connect", "request"},
+        actions={
+            "reply": {"status": int, "headers": dict, "body": str, "json": object},
+            "malformed": {},
+            "bad_chunk": {},
+            "short_body": {},
+            "empty": {},
+        },
+        match={"method", "path", "query", "headers", "host", "tls"},
+    ),
+    "smtp": Protocol(
+        stages={"connect", "EHLO", "HELO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA",
+                "message", "RSET", "NOOP", "VRFY", "QUIT"},
+        actions={"reply": _SMTP_REPLY, "silence": {}},
+        match={"mail_from", "rcpt", "user", "mechanism", "helo", "size", "tls"},
+    ),
+    "pop3": Protocol(
+        stages={"connect", "CAPA", "USER", "PASS", "APOP", "STLS", "STAT", "LIST", "UIDL",
+                "RETR", "TOP", "DELE", "NOOP", "RSET", "QUIT"},
+        actions={
+            "reply": {"message": str, "then": _THEN},
+            "silence": {},
+            "no_terminator": {},
+            "wrong_size": {"delta": int},
+            "disconnect": {"bytes": int},
+        },
+        match={"user", "message", "tls"},
+    ),
+    "imap": Protocol(
+        stages={"connect", "CAPABILITY", "LOGIN", "AUTHENTICATE", "STARTTLS", "SELECT", "EXAMINE",
+                "LIST", "LSUB", "STATUS", "CREATE", "DELETE", "RENAME", "FETCH", "SEARCH", "STORE",
+                "COPY", "APPEND", "EXPUNGE", "IDLE", "NOOP", "LOGOUT", "UID"},
+        actions={
+            "reply": {"status": ("NO", "BAD", "BYE"), "message": str, "then": _THEN},
+            "preauth": {},
+            "silence": {},
+            "bye_mid_fetch": {"bytes": int, "message": str},
+            "short_literal": {"missing": int},
+            "idle_no_ack": {},
+            "uidvalidity_change": {},
+        },
+        match={"user", "mailbox", "message", "tls"},
+    ),
+    "ftp": Protocol(
+        stages={"connect", "data", "USER", "PASS", "AUTH", "PBSZ", "PROT", "PASV", "EPSV", "PORT",
+                "EPRT", "LIST", "NLST", "MLSD", "RETR", "STOR", "APPE", "REST", "SIZE", "MDTM",
+                "CWD", "PWD", "MKD", "RMD", "DELE", "RNFR", "RNTO", "FEAT", "TYPE", "QUIT"},
+        actions={
+            "reply": {"code": int, "message": str, "then": _THEN},
+            "silence": {},
+            "wrong_address": {"host": str, "port": int},
+            "short_transfer": {"bytes": int},
+            "no_completion": {},
+        },
+        match={"user", "path", "tls", "mode"},
+    ),
+    "dns": Protocol(
+        stages={"query", "datagram"},
+        actions={
+            "reply": {"rcode": ("SERVFAIL", "NXDOMAIN", "REFUSED", "FORMERR", "NOTIMP", "NOERROR")},
+            "truncate": {"bytes": int},
+            "wrong_id": {},
+            "wrong_question": {"name": str},
+            "wrong_name": {"name": str},
+            "nodata": {},
+            "ttl": {"ttl": int},
+            "garbage": {"bytes": int},
+            "tcp_length_only": {},
+            "tcp_partial": {"bytes": int},
+        },
+        transport="both",
+        match={"name", "type", "transport"},
+    ),
+    "echo": Protocol(stages={"datagram"}, actions={}, transport="udp"),
+}
+
+#: Rule keys that are not action parameters.
+RULE_KEYS = ("server", "on", "match", "after", "times", "probability", "connection",
+             "direction", "action", "name")
+
+
+def default_stage(protocol: Protocol) -> str:
+    return {"udp": "datagram", "both": "query"}.get(protocol.transport, "connect")

@@ -1,0 +1,103 @@
+"""Datagram faults: a wrapper between a UDP port and its DatagramProtocol.
+
+Each client address is a "connection", numbered in first-seen order. At every
+received datagram the engine is asked about the ``datagram`` stage; a rule's
+``direction`` says whether its action (drop, delay, duplicate, corrupt,
+truncate) hits that datagram (up) or the server's next reply to that peer (down).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.protocol import DatagramProtocol
+
+from testbed.faults.engine import Fault, FaultEngine
+from testbed.faults.wire import corrupt
+from testbed.journal import DATA, Journal
+
+
+def apply_datagram_fault(fault: Fault, data: bytes, deliver: Callable[[bytes], None], clock) -> None:
+    """Send ``data`` through ``deliver`` as the UDP action of ``fault`` says."""
+    action = fault.action
+    if action == "drop":
+        return
+    if action == "delay":
+        delay = float(fault.param("seconds")) + fault.rng.uniform(0, float(fault.param("jitter")))
+        clock.callLater(delay, deliver, data)
+    elif action == "duplicate":
+        for _ in range(1 + int(fault.param("copies"))):
+            deliver(data)
+    elif action == "corrupt":
+        deliver(corrupt(data, float(fault.param("rate")), fault.rng, at_least_one=True))
+    elif action == "truncate":
+        deliver(data[: int(fault.param("bytes"))])
+    else:
+        deliver(data)
+
+
+class FaultingDatagramProtocol(DatagramProtocol):
+    """Journals datagrams both ways and applies datagram faults; the wrapped protocol sees it as its transport."""
+
+    def __init__(self, wrapped: DatagramProtocol, server: str, engine: FaultEngine, journal: Journal, clock):
+        self.wrapped = wrapped
+        self.server = server
+        self.engine = engine
+        self.journal = journal
+        self.clock = clock
+        self.peers: dict[Any, int] = {}
+        self._pending_down: dict[Any, Fault] = {}
+
+    def connection_number(self, addr) -> int:
+        conn = self.peers.get(addr)
+        if conn is None:
+            conn = self.peers[addr] = self.engine.next_connection(self.server)
+        return conn
+
+    def reset(self) -> None:
+        self.peers.clear()
+        self._pending_down.clear()
+
+    # -- the port's side ----------------------------------------------------
+
+    def startProtocol(self):
+        self.wrapped.makeConnection(self)
+
+    def stopProtocol(self):
+        self.wrapped.doStop()
+
+    def datagramReceived(self, data, addr):
+        conn = self.connection_number(addr)
+        cap = self.journal.payload_cap
+        self.journal.record(DATA, self.server, conn, direction="up", size=len(data), payload=data[:cap],
+                            peer=f"{addr[0]}:{addr[1]}")
+        fault = self.engine.decide(self.server, "datagram", conn, {"direction": "up"})
+        if fault is not None and fault.rule.direction in ("down", "both"):
+            self._pending_down[addr] = fault
+        if fault is not None and fault.rule.direction in ("up", "both"):
+            apply_datagram_fault(fault, data, lambda d: self.wrapped.datagramReceived(d, addr), self.clock)
+        else:
+            self.wrapped.datagramReceived(data, addr)
+
+    # -- the wrapped protocol's transport --------------------------------------
+
+    def write(self, data, addr=None):
+        conn = self.connection_number(addr)
+        cap = self.journal.payload_cap
+        self.journal.record(DATA, self.server, conn, direction="down", size=len(data), payload=data[:cap],
+                            peer=f"{addr[0]}:{addr[1]}")
+        fault = self._pending_down.pop(addr, None)
+        if fault is None:
+            self.transport.write(data, addr)
+        else:
+            apply_datagram_fault(fault, data, lambda d: self._send(d, addr), self.clock)
+
+    def _send(self, data, addr):
+        if self.transport is not None:
+            self.transport.write(data, addr)
+
+    def __getattr__(self, name):
+        # getHost, connect, loseConnection...: the real port's
+        if name == "transport":
+            raise AttributeError(name)
+        return getattr(self.transport, name)

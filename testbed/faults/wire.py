@@ -1,0 +1,464 @@
+"""Wire faults on TCP: a ProtocolWrapper that journals every connection and shapes its bytes.
+
+It sits directly under the server protocol (above TLS, so it sees plaintext),
+numbers the connection, asks the engine about ``connect``, and applies wire
+actions (refuse, reset, close, stall, delay, throttle, slice, corrupt,
+truncate) to either direction, at accept or from any protocol stage on.
+With no action applied, a byte costs one extra method call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Callable
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from zope.interface import directlyProvides, implementer, providedBy
+
+from testbed.faults.engine import Fault, FaultEngine
+from testbed.journal import CLOSE, DATA, OPEN, Journal
+
+#: Above this many bytes held by a shaper, the producer feeding it is paused.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+
+def corrupt(data: bytes, rate: float, rng, at_least_one: bool = False) -> bytes:
+    """Flip bytes of ``data`` at ``rate``, positions drawn with geometric gaps (no per-byte loop)."""
+    if not data or rate <= 0:
+        return data
+    out = bytearray(data)
+    flipped = 0
+    if rate >= 1:
+        positions = range(len(out))
+    else:
+        positions = []
+        log_q = math.log(1.0 - rate)
+        pos = -1
+        while True:
+            pos += int(math.log(1.0 - rng.random()) / log_q) + 1
+            if pos >= len(out):
+                break
+            positions.append(pos)
+    for pos in positions:
+        out[pos] ^= rng.randrange(1, 256)
+        flipped += 1
+    if at_least_one and not flipped:
+        out[rng.randrange(len(out))] ^= rng.randrange(1, 256)
+    return bytes(out)
+
+
+class Shaper:
+    """One direction of one connection under one wire action.
+
+    ``deliver`` passes bytes on (to the socket, or up to the protocol);
+    queued bytes are released by reactor timers, in order.
+    """
+
+    def __init__(self, fault: Fault, deliver: Callable[[bytes], None], connection: "FaultingProtocol",
+                 direction: str, clock):
+        self.fault = fault
+        self.action = fault.action
+        self.deliver = deliver
+        self.connection = connection
+        self.direction = direction
+        self.clock = clock
+        self.limit = int(fault.param("bytes", 0) or 0)
+        self.passed = 0
+        #: True once the action swallows everything (stall, truncate).
+        self.black_hole = False
+        self.queue: deque[tuple[float, bytes]] = deque()
+        self.queued = 0
+        self._timer = None
+        self._last_due = 0.0
+        self._drained: list[Callable[[], None]] = []
+
+    def start(self) -> None:
+        if self.action in ("reset", "close", "stall", "truncate") and self.limit == 0:
+            self._limit_reached()
+
+    def cancel(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def take_queue(self) -> list[bytes]:
+        """Hand over what is still queued (when another action replaces this one)."""
+        self.cancel()
+        pending = [data for _, data in self.queue]
+        self.queue.clear()
+        self.queued = 0
+        return pending
+
+    def when_drained(self, callback: Callable[[], None]) -> None:
+        if not self.queued:
+            callback()
+        else:
+            self._drained.append(callback)
+
+    # -- bytes in ---------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if self.black_hole or not data:
+            return
+        action = self.action
+        if action in ("reset", "close", "stall", "truncate"):
+            room = self.limit - self.passed
+            if len(data) < room:
+                self.passed += len(data)
+                self.deliver(data)
+                return
+            self.passed += room
+            if room:
+                self.deliver(data[:room])
+            self._limit_reached()
+        elif action == "corrupt":
+            self.deliver(corrupt(data, float(self.fault.param("rate")), self.fault.rng))
+        elif action == "delay":
+            delay = float(self.fault.param("seconds")) + self.fault.rng.uniform(0, float(self.fault.param("jitter")))
+            due = max(self.clock.seconds() + delay, self._last_due)
+            self._last_due = due
+            self._enqueue(due, data)
+        else:  # throttle, slice: paced by the pump
+            self._enqueue(0.0, data)
+
+    def _enqueue(self, due: float, data: bytes) -> None:
+        self.queue.append((due, data))
+        self.queued += len(data)
+        if self.queued > HIGH_WATER and self.direction == "down":
+            self.connection.shaper_full(True)
+        if self._timer is None:
+            if self.action == "delay":
+                self._timer = self.clock.callLater(max(0.0, due - self.clock.seconds()), self._pump)
+            else:
+                self._pump()
+
+    def _limit_reached(self) -> None:
+        transport = self.connection.transport
+        if self.action == "reset":
+            self.black_hole = True
+            transport.abortConnection()
+        elif self.action == "close":
+            self.black_hole = True
+            transport.loseConnection()
+        else:
+            self.black_hole = True
+            if self.action == "stall" and self.direction == "up":
+                transport.pauseProducing()  # the client's bytes back up in TCP, as on a dead link
+
+    # -- bytes out ---------------------------------------------------------
+
+    def _pump(self) -> None:
+        self._timer = None
+        if self.action == "delay":
+            now = self.clock.seconds()
+            while self.queue and self.queue[0][0] <= now:
+                self._release(self.queue.popleft()[1])
+            if self.queue:
+                self._timer = self.clock.callLater(max(0.0, self.queue[0][0] - now), self._pump)
+        else:
+            if self.action == "throttle":
+                rate = int(self.fault.param("bytes_per_second"))
+                budget = max(1, rate // 20)  # twenty releases a second keeps the rate smooth
+            else:
+                budget = max(1, int(self.fault.param("size")))
+            sent = 0
+            while self.queue and sent < budget:
+                due, data = self.queue[0]
+                take = budget - sent
+                if len(data) > take:
+                    self.queue[0] = (due, data[take:])
+                    data = data[:take]
+                else:
+                    self.queue.popleft()
+                sent += len(data)
+                self._release(data)
+            if self.queue:
+                gap = sent / rate if self.action == "throttle" else float(self.fault.param("interval"))
+                self._timer = self.clock.callLater(gap, self._pump)
+        if not self.queue:
+            drained, self._drained = self._drained, []
+            for callback in drained:
+                callback()
+
+    def _release(self, data: bytes) -> None:
+        self.queued -= len(data)
+        if self.connection.lost:
+            return
+        self.deliver(data)
+        if self.direction == "down" and self.queued < LOW_WATER:
+            self.connection.shaper_full(False)
+
+
+@implementer(IPushProducer)
+class _ProducerGate:
+    """Stands between a producer and the socket, so a shaper holding data can pause it too."""
+
+    def __init__(self, producer, streaming: bool):
+        self.producer = producer
+        self.streaming = streaming
+        self.transport_paused = False
+        self.shaper_paused = False
+        self.waiting = False  # a pull producer asked for more while the shaper was full
+
+    def pauseProducing(self):
+        self.transport_paused = True
+        if self.streaming:
+            self.producer.pauseProducing()
+
+    def resumeProducing(self):
+        self.transport_paused = False
+        if self.shaper_paused:
+            self.waiting = True
+            return
+        self.producer.resumeProducing()
+
+    def stopProducing(self):
+        self.producer.stopProducing()
+
+    def shaper_full(self, full: bool) -> None:
+        if full == self.shaper_paused:
+            return
+        self.shaper_paused = full
+        if self.streaming:
+            if full and not self.transport_paused:
+                self.producer.pauseProducing()
+            elif not full and not self.transport_paused:
+                self.producer.resumeProducing()
+        elif not full and self.waiting:
+            self.waiting = False
+            self.producer.resumeProducing()
+
+
+class ConnectionFaults:
+    """What a protocol asks at each stage: "is there a fault here?"
+
+    Wire actions are applied to the connection before the fault is returned;
+    protocol actions are the protocol's to carry out.
+    """
+
+    def __init__(self, engine: FaultEngine | None, server: str, conn: int, wrapper: "FaultingProtocol | None" = None):
+        self.engine = engine
+        self.server = server
+        self.conn = conn
+        self.wrapper = wrapper
+        self._connect: Fault | None = None
+        self._connect_asked = False
+
+    def at(self, stage: str, **attributes: Any) -> Fault | None:
+        if stage == "connect" and self._connect_asked:
+            return self._connect
+        if self.engine is None:
+            return None
+        fault = self.engine.decide(self.server, stage, self.conn, attributes)
+        if fault is not None and fault.wire and self.wrapper is not None:
+            self.wrapper.apply(fault)
+        if stage == "connect":
+            self._connect_asked, self._connect = True, fault
+        return fault
+
+    def apply(self, fault: Fault) -> None:
+        """Apply a wire action now (a protocol action's wire part, such as ``then = "reset"``)."""
+        if self.wrapper is not None:
+            self.wrapper.apply(fault)
+
+    def follow_up(self, fault: Fault, transport) -> None:
+        """Carry out a protocol fault's ``then``: "close" (FIN), "reset" (RST) or "stall" (black hole)."""
+        then = fault.param("then", "none")
+        if then == "close":
+            transport.loseConnection()
+        elif then == "reset":
+            transport.abortConnection()
+        elif then == "stall":
+            self.stall()
+
+    def stall(self) -> None:
+        """From now on nothing more reaches the client, not even a FIN."""
+        if self.wrapper is not None:
+            self.wrapper.black_hole()
+
+    def record(self, kind: str, **fields: Any) -> None:
+        """Journal an event of this connection."""
+        if self.engine is not None:
+            self.engine.journal.record(kind, self.server, self.conn, **fields)
+
+
+def _stall_fault() -> Fault:
+    import random
+
+    from testbed.config import FaultRule
+
+    return Fault(FaultRule(server="http", action="stall", on="connect"), random.Random(0))
+
+
+_STALL = _stall_fault()
+
+#: For protocols built without the wrapper (unit tests over a bare transport).
+NO_FAULTS = ConnectionFaults(None, "", 0)
+
+
+class FaultingProtocol(ProtocolWrapper):
+    """Journals a connection and applies wire faults to it; the server protocol sees it as its transport."""
+
+    lost = False
+    refused = False
+    down: Shaper | None = None
+    up: Shaper | None = None
+    _gate: _ProducerGate | None = None
+
+    def __init__(self, factory: "FaultingFactory", wrappedProtocol, conn: int):
+        super().__init__(factory, wrappedProtocol)
+        self.conn = conn
+        self.server = factory.server
+        self.journal: Journal = factory.journal
+        self.faults = ConnectionFaults(factory.engine, factory.server, conn, self)
+        self.bytes_up = self.bytes_down = 0
+        self._captured_up = self._captured_down = 0
+        self._cap = self.journal.payload_cap
+
+    # -- connection life ----------------------------------------------------
+
+    def makeConnection(self, transport):
+        directlyProvides(self, providedBy(transport))
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        if not self.refused:
+            self.wrappedProtocol.faults = self.faults
+            self.wrappedProtocol.makeConnection(self)
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.journal.record(OPEN, self.server, self.conn, peer=f"{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}",
+                            listener=self.factory.label)
+        fault = self.faults.at("connect", tls=self.factory.tls)
+        if fault is not None and fault.action == "refuse":
+            self.refused = True
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.lost = True
+        for shaper in (self.down, self.up):
+            if shaper is not None:
+                shaper.cancel()
+        self.journal.record(CLOSE, self.server, self.conn, bytes_up=self.bytes_up, bytes_down=self.bytes_down,
+                            reason=reason.getErrorMessage() if reason is not None else "")
+        self.factory.unregisterProtocol(self)
+        if not self.refused:
+            self.wrappedProtocol.connectionLost(reason)
+        self.wrappedProtocol = None
+
+    # -- faults ------------------------------------------------------------
+
+    def apply(self, fault: Fault) -> None:
+        direction = fault.rule.direction
+        if direction in ("down", "both"):
+            self.down = self._replace(self.down, Shaper(fault, self.transport.write, self, "down", self.factory.clock))
+        if direction in ("up", "both"):
+            self.up = self._replace(self.up, Shaper(fault, self._to_protocol, self, "up", self.factory.clock))
+
+    def black_hole(self) -> None:
+        """Swallow every byte and the FIN the server sends from now on."""
+        if self.refused or self.lost:
+            return
+        shaper = Shaper(_STALL, self.transport.write, self, "down", self.factory.clock)
+        self.down = self._replace(self.down, shaper)
+
+    def _replace(self, old: Shaper | None, new: Shaper) -> Shaper:
+        pending = old.take_queue() if old is not None else []
+        new.start()
+        for data in pending:
+            new.feed(data)
+        return new
+
+    def _to_protocol(self, data: bytes) -> None:
+        if self.wrappedProtocol is not None:
+            self.wrappedProtocol.dataReceived(data)
+
+    def shaper_full(self, full: bool) -> None:
+        if self._gate is not None:
+            self._gate.shaper_full(full)
+
+    # -- bytes in, from the client -------------------------------------------
+
+    def dataReceived(self, data):
+        self.bytes_up += len(data)
+        if self._captured_up < self._cap:
+            keep = data[: self._cap - self._captured_up]
+            self._captured_up += len(keep)
+            self.journal.record(DATA, self.server, self.conn, direction="up", size=len(data), payload=keep)
+        if self.up is None:
+            self.wrappedProtocol.dataReceived(data)
+        else:
+            self.up.feed(data)
+
+    # -- bytes out, from the protocol (we are its transport) -------------------
+
+    def write(self, data):
+        if not data:
+            return
+        self.bytes_down += len(data)
+        if self._captured_down < self._cap:
+            keep = data[: self._cap - self._captured_down]
+            self._captured_down += len(keep)
+            self.journal.record(DATA, self.server, self.conn, direction="down", size=len(data), payload=keep)
+        if self.down is None:
+            self.transport.write(data)
+        else:
+            self.down.feed(data)
+
+    def writeSequence(self, data):
+        self.write(b"".join(data))
+
+    def loseConnection(self):
+        self.disconnecting = 1
+        down = self.down
+        if down is None:
+            self.transport.loseConnection()
+        elif down.black_hole and down.action in ("stall", "truncate"):
+            pass  # a black hole keeps its FIN too: the client waits, as it would on a dead link
+        else:
+            down.when_drained(self.transport.loseConnection)
+
+    def abortConnection(self):
+        self.transport.abortConnection()
+
+    def registerProducer(self, producer, streaming):
+        self._gate = _ProducerGate(producer, streaming)
+        self.transport.registerProducer(self._gate, streaming)
+
+    def unregisterProducer(self):
+        self._gate = None
+        self.transport.unregisterProducer()
+
+
+class FaultingFactory(WrappingFactory):
+    """Wraps a server factory so that every connection is numbered, journaled and faultable."""
+
+    protocol = FaultingProtocol
+    noisy = False
+
+    def __init__(self, wrappedFactory, server: str, engine: FaultEngine, journal: Journal, clock,
+                 label: str = "", tls: bool = False):
+        super().__init__(wrappedFactory)
+        self.server = server
+        self.engine = engine
+        self.journal = journal
+        self.clock = clock
+        self.label = label or server
+        self.tls = tls
+
+    def buildProtocol(self, addr):
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return self.protocol(self, wrapped, self.engine.next_connection(self.server))
+
+    def abort_all(self) -> int:
+        """Abort every open connection (stalled ones would otherwise linger); returns how many."""
+        protocols = list(self.protocols)
+        for p in protocols:
+            p.transport.abortConnection()
+        return len(protocols)

@@ -1,0 +1,202 @@
+"""The pytest face: fixtures per server, the ``fault`` marker, scenario options, failure reports.
+
+The reactor (the one ``--reactor`` names) runs in a daemon thread for the
+whole session. pytest-twisted then runs its inlineCallbacks/ensureDeferred
+tests in that thread, while plain tests run in the main thread and reach the
+servers through ``blockingCallFromThread``. Nothing here imports a module that
+installs a reactor: that happens in ``pytest_configure``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+
+SERVER_FIXTURES = ("http", "smtp", "pop3", "imap", "ftp", "dns")
+
+_state: dict = {"reactor": None, "thread": None, "beds": {}}
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("testbed", "twisted-testbed fake servers")
+    group.addoption("--testbed-scenario", metavar="FILE", default=None,
+                    help="TOML scenario for the testbed fixtures (default: every server on ephemeral ports).")
+    group.addoption("--testbed-seed", metavar="N", type=int, default=None,
+                    help="Seed for every fault decision (default: the scenario's).")
+
+
+def _install_reactor(name: str) -> None:
+    if name == "asyncio":
+        from twisted.internet import asyncioreactor
+
+        installer = asyncioreactor.install
+    elif name == "default":
+        from twisted.internet import default
+
+        installer = default.install
+    else:
+        return  # a reactor we do not know (qt5...): pytest-twisted installs it
+    from twisted.internet.error import ReactorAlreadyInstalledError
+
+    try:
+        installer()
+    except ReactorAlreadyInstalledError:
+        pass
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    config.addinivalue_line("markers", "fault(**rule): add a fault rule (the keys of a [[faults]] entry) for this test")
+    reactor_name = config.getoption("reactor", "default") if config.pluginmanager.hasplugin("twisted") else "default"
+    _install_reactor(reactor_name)
+    from twisted.internet import reactor
+
+    from testbed.harness import set_reactor_thread
+
+    if reactor.running:
+        return
+    running = threading.Event()
+    reactor.callWhenRunning(running.set)
+    thread = threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False},
+                              name="testbed-reactor", daemon=True)
+    thread.start()
+    if not running.wait(30):
+        raise pytest.UsageError("testbed: the Twisted reactor did not start within 30 seconds")
+    set_reactor_thread(thread.ident)
+    _state.update(reactor=reactor, thread=thread)
+
+
+def pytest_unconfigure(config):
+    reactor, thread = _state["reactor"], _state["thread"]
+    if reactor is None:
+        return
+    from twisted.internet.threads import blockingCallFromThread
+
+    for bed in list(_state["beds"].values()):
+        try:
+            blockingCallFromThread(reactor, bed.stop)
+        except Exception:
+            pass
+    _state["beds"].clear()
+    reactor.callFromThread(reactor.stop)
+    thread.join(10)
+    _state.update(reactor=None, thread=None)
+
+
+def _runs_in_reactor(function) -> bool:
+    return getattr(function, "_pytest_twisted_mark", None) is not None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Run plain tests in the main thread: pytest-twisted would run every test in the reactor's."""
+    import inspect
+
+    function = pyfuncitem.obj
+    if (_runs_in_reactor(function) or not pyfuncitem.config.pluginmanager.hasplugin("twisted")
+            or inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
+            or getattr(function, "hypothesis", None) is not None):
+        return None
+    args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    result = function(**args)
+    from twisted.internet.defer import Deferred
+
+    if isinstance(result, Deferred) and _state["reactor"] is not None:
+        from twisted.internet.threads import blockingCallFromThread
+
+        blockingCallFromThread(_state["reactor"], lambda: result)
+    return True
+
+
+# -- fixtures -------------------------------------------------------------------
+
+
+@pytest.fixture
+def testbed_scenario(request):
+    """The scenario the testbed fixtures run: a dict, a path, or None for the default.
+
+    Override it in a conftest.py or a test module to change server settings.
+    """
+    return request.config.getoption("testbed_scenario")
+
+
+def _scenario_key(scenario, seed) -> str:
+    if scenario is None or isinstance(scenario, (str, os.PathLike)):
+        return json.dumps(["path", os.fspath(scenario) if scenario else None, seed])
+    return json.dumps(["data", scenario, seed], sort_keys=True, default=repr)
+
+
+def _bed_for(config, scenario):
+    from testbed import config as config_module
+    from testbed.harness import Testbed
+
+    seed = config.getoption("testbed_seed")
+    key = _scenario_key(scenario, seed)
+    bed = _state["beds"].get(key)
+    if bed is None:
+        if isinstance(scenario, dict):
+            parsed = config_module.from_dict(scenario, source="testbed_scenario fixture", base_dir=str(config.rootpath))
+        else:
+            parsed = config_module.coerce(scenario)
+        from twisted.internet.threads import blockingCallFromThread
+
+        bed = Testbed(parsed, reactor=_state["reactor"], seed=seed)
+        blockingCallFromThread(_state["reactor"], bed.start)
+        _state["beds"][key] = bed
+    return bed
+
+
+@pytest.fixture
+def testbed(request, testbed_scenario):
+    """The running testbed for this test's scenario, reset, with this test's ``fault`` markers added."""
+    if _state["reactor"] is None:
+        pytest.fail("testbed: the reactor thread is not running (is the plugin disabled?)")
+    bed = _bed_for(request.config, testbed_scenario)
+    bed.reset()
+    for marker in request.node.iter_markers("fault"):
+        if marker.args:
+            pytest.fail("@pytest.mark.fault takes keyword arguments only, e.g. fault(server='http', action='reset')")
+        bed.call(bed.faults.add, **marker.kwargs)
+    request.node._testbed = bed
+    return bed
+
+
+def _server_fixture(name: str):
+    def fixture(testbed):
+        return testbed[name]
+
+    fixture.__name__ = f"{name}_server"
+    fixture.__doc__ = f"The running {name.upper()} server of the testbed (see testbed.servers.{name})."
+    return pytest.fixture(fixture, name=f"{name}_server")
+
+
+http_server = _server_fixture("http")
+smtp_server = _server_fixture("smtp")
+pop3_server = _server_fixture("pop3")
+imap_server = _server_fixture("imap")
+ftp_server = _server_fixture("ftp")
+dns_server = _server_fixture("dns")
+
+
+# -- failure reports -------------------------------------------------------------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    bed = getattr(item, "_testbed", None)
+    if bed is None or report.passed or call.when != "call":
+        return
+    from testbed.journal import to_json
+
+    lines = [f"seed: {bed.seed}  (replay with --testbed-seed {bed.seed})"]
+    fired = bed.journal.faults()
+    if fired:
+        lines.append(f"faults fired: {len(fired)}")
+    lines.append("journal tail:")
+    lines.extend("  " + to_json(e)[:400] for e in bed.journal.tail(25))
+    report.sections.append(("testbed", "\n".join(lines)))

@@ -1,0 +1,25 @@
+"""Listening on UDP from an endpoint string: Twisted has no UDP endpoints, so read the TCP form.
+
+``tcp:PORT:interface=HOST`` gives the port and interface, as twisted.names' tap pairs UDP with TCP.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.endpoints import serverFromString
+
+from testbed.servers.base import Listener, Server
+
+
+def udp_address(endpoint: str) -> tuple[str, int]:
+    """(interface, port) from a TCP endpoint string."""
+    parsed = serverFromString(None, endpoint)
+    return getattr(parsed, "_interface", "127.0.0.1") or "0.0.0.0", getattr(parsed, "_port", 0)
+
+
+def listen_udp(server: Server, endpoint: str, protocol, label: str, port: int | None = None) -> Listener:
+    """Listen on UDP at the endpoint's interface and port (or ``port`` when given)."""
+    interface, number = udp_address(endpoint)
+    udp_port = server.bed.reactor.listenUDP(number if port is None else port, protocol, interface=interface)
+    listener = Listener(label, udp_port, False, "udp")
+    server.listeners.append(listener)
+    return listener

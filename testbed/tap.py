@@ -1,0 +1,131 @@
+"""The ``twistd testbed`` face: options, and the service that runs a scenario's servers.
+
+Listening happens in ``privilegedStartService`` so that a port in use or a bad
+scenario stops twistd at once, with the reason, instead of a half-started daemon.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+from twisted.application import service
+from twisted.python import usage
+
+from testbed import config as config_module
+from testbed.defaults import default_scenario_data
+
+#: ``--OPTION ENDPOINT`` -> (server, scenario key it sets).
+ENDPOINT_OPTIONS = {
+    "http": ("http", "listen"),
+    "https": ("http", "tls_listen"),
+    "smtp": ("smtp", "listen"),
+    "smtps": ("smtp", "tls_listen"),
+    "pop3": ("pop3", "listen"),
+    "pop3s": ("pop3", "tls_listen"),
+    "imap": ("imap", "listen"),
+    "imaps": ("imap", "tls_listen"),
+    "ftp": ("ftp", "listen"),
+    "dns": ("dns", "listen"),
+}
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE] [--seed N] [--journal FILE] [--ca-out FILE] [--<server> ENDPOINT ...]"
+    longdesc = (
+        "Runs fake SMTP, POP3, IMAP, FTP, HTTP and DNS servers (plain and TLS) for client code to talk to, "
+        "records what crosses them and injects faults on a seeded schedule. Without --config it runs the "
+        "embedded default scenario on fixed loopback ports (HTTP 8080, HTTPS 8443, ...). "
+        "ENDPOINT is a Twisted endpoint string such as tcp:9000:interface=127.0.0.1 (port 0: any free port); "
+        "an empty string turns that listener off."
+    )
+    optParameters = [
+        ["config", "c", None, "A TOML scenario file (default: the embedded default scenario)."],
+        ["seed", "s", None, "Seed for every fault decision (default: the scenario's).", int],
+        ["journal", "j", None, "Append every journal event to FILE as one JSON line, flushed per event."],
+        ["ca-out", None, None, "Write the run's CA certificate (PEM) to FILE, for clients to trust."],
+    ] + [
+        [name, None, None, f"Listen endpoint of the {server.upper()} server's "
+                           + ("implicit-TLS listener" if key == "tls_listen" else "plain listener")
+                           + f" (scenario key servers.{server}.{key})."]
+        for name, (server, key) in ENDPOINT_OPTIONS.items()
+    ]
+
+    def postOptions(self):
+        from twisted.internet.endpoints import serverFromString
+
+        for name in ENDPOINT_OPTIONS:
+            endpoint = self[name]
+            if endpoint:
+                try:
+                    serverFromString(None, endpoint)
+                except Exception as e:
+                    raise usage.UsageError(f"--{name}: expected a Twisted endpoint string such as "
+                                           f"tcp:9000:interface=127.0.0.1, got {endpoint!r} ({e})")
+        try:
+            self.scenario = self.load_scenario()
+        except config_module.ScenarioError as e:
+            raise usage.UsageError(str(e))
+
+    def load_scenario(self) -> config_module.Scenario:
+        if self["config"]:
+            scenario = config_module.load(self["config"])
+            data, source, base_dir = None, scenario.source, scenario.base_dir
+        else:
+            data, source, base_dir = default_scenario_data(), "<embedded default scenario>", "."
+        overrides = {name: self[name] for name in ENDPOINT_OPTIONS if self[name] is not None}
+        if data is None and not overrides:
+            return scenario
+        if data is None:
+            import tomllib
+
+            with open(self["config"], "rb") as f:
+                data = tomllib.load(f)
+        data = copy.deepcopy(data)
+        for name, endpoint in overrides.items():
+            server, key = ENDPOINT_OPTIONS[name]
+            table = data.setdefault("servers", {}).setdefault(server, {})
+            table[key] = endpoint
+            if endpoint:
+                table["enabled"] = True
+        return config_module.from_dict(data, source=source, base_dir=base_dir)
+
+
+class TestbedService(service.Service):
+    """Runs one Testbed for the life of the daemon."""
+
+    def __init__(self, options: Options):
+        self.options = options
+        self.bed = None
+
+    def privilegedStartService(self):
+        from testbed.harness import Testbed
+
+        options = self.options
+        self.bed = Testbed(options.scenario, seed=options["seed"])
+        if options["journal"]:
+            self.bed.write_journal(options["journal"])
+        started = self.bed.start()
+        failures = []
+        started.addErrback(failures.append)
+        if failures:
+            failures[0].raiseException()
+        if options["ca-out"]:
+            self.bed.tls.write_ca(options["ca-out"])
+        out = sys.__stdout__
+        out.write(f"twisted-testbed: scenario {options.scenario.source}, seed {self.bed.seed}\n")
+        for line in self.bed.describe():
+            out.write(f"twisted-testbed: {line}\n")
+        if options["ca-out"]:
+            out.write(f"twisted-testbed: CA certificate written to {options['ca-out']}\n")
+        out.flush()
+        service.Service.privilegedStartService(self)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self.bed is not None:
+            return self.bed.stop()
+
+
+def makeService(options: Options) -> service.IService:
+    return TestbedService(options)

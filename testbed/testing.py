@@ -1,0 +1,74 @@
+"""Helpers for testing protocols and clients without sockets: a faultable connection over StringTransport.
+
+``connect(factory, "smtp", rules=[...])`` builds the same wrapper stack the
+harness listens with, on a ``StringTransport`` and a ``Clock``, so a unit test
+can drive a protocol byte by byte and advance time by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import attrs
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from testbed.config import FaultRule, rule_from_kwargs
+from testbed.faults.engine import FaultEngine
+from testbed.faults.wire import FaultingFactory, FaultingProtocol
+from testbed.journal import Journal
+
+
+@attrs.define
+class Connection:
+    """One faultable connection to a protocol, over a StringTransport."""
+
+    wrapper: FaultingProtocol
+    transport: StringTransport
+    clock: Clock
+    journal: Journal
+    engine: FaultEngine
+    factory: FaultingFactory
+
+    @property
+    def protocol(self):
+        return self.wrapper.wrappedProtocol
+
+    def send(self, data: bytes) -> None:
+        """Bytes from the client."""
+        self.wrapper.dataReceived(data)
+
+    def sent(self) -> bytes:
+        """Bytes the server wrote so far, and forget them."""
+        value = self.transport.value()
+        self.transport.clear()
+        return value
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.disconnecting or getattr(self.transport, "disconnected", False)
+
+    @property
+    def aborted(self) -> bool:
+        return bool(getattr(self.transport, "aborted", False))
+
+
+def rules(*specs: Mapping[str, Any]) -> list[FaultRule]:
+    """Fault rules from dicts with the keys of a ``[[faults]]`` entry."""
+    return [rule_from_kwargs(f"rules[{i}]", **spec) for i, spec in enumerate(specs)]
+
+
+def connect(factory, server: str, rules: Iterable[FaultRule] = (), seed: int = 0, clock: Clock | None = None,
+            journal: Journal | None = None, engine: FaultEngine | None = None, tls: bool = False,
+            peer=("127.0.0.1", 40000)) -> Connection:
+    """Connect a new client to ``factory`` through the fault wrapper, on a StringTransport."""
+    clock = clock or Clock()
+    journal = journal or Journal(clock=clock.seconds)
+    engine = engine or FaultEngine(seed, journal, list(rules))
+    wrapping = FaultingFactory(factory, server, engine, journal, clock, tls=tls)
+    addr = IPv4Address("TCP", *peer)
+    wrapper = wrapping.buildProtocol(addr)
+    transport = StringTransport(peerAddress=addr, hostAddress=IPv4Address("TCP", "127.0.0.1", 2525))
+    wrapper.makeConnection(transport)
+    return Connection(wrapper, transport, clock, journal, engine, wrapping)
