@@ -47,11 +47,13 @@ class Connection:
 
     @property
     def closed(self) -> bool:
-        return self.transport.disconnecting or getattr(self.transport, "disconnected", False)
+        """The server closed the connection (FIN or RST)."""
+        return bool(self.transport.disconnecting)
 
     @property
     def aborted(self) -> bool:
-        return bool(getattr(self.transport, "aborted", False))
+        """The server reset the connection (StringTransport marks abortConnection as disconnected)."""
+        return bool(getattr(self.transport, "disconnected", False))
 
 
 def rules(*specs: Mapping[str, Any]) -> list[FaultRule]:
@@ -64,8 +66,8 @@ def connect(factory, server: str, rules: Iterable[FaultRule] = (), seed: int = 0
             peer=("127.0.0.1", 40000)) -> Connection:
     """Connect a new client to ``factory`` through the fault wrapper, on a StringTransport."""
     clock = clock or Clock()
-    journal = journal or Journal(clock=clock.seconds)
-    engine = engine or FaultEngine(seed, journal, list(rules))
+    journal = Journal(clock=clock.seconds) if journal is None else journal
+    engine = FaultEngine(seed, journal, list(rules)) if engine is None else engine
     wrapping = FaultingFactory(factory, server, engine, journal, clock, tls=tls)
     addr = IPv4Address("TCP", *peer)
     wrapper = wrapping.buildProtocol(addr)

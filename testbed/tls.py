@@ -115,6 +115,25 @@ class CertificateAuthority:
         return cert, key
 
 
+def _negotiate_alpn_politely(context) -> None:
+    """Replace Twisted 26.10's ALPN callback, which answers a client whose offer does not overlap
+    (curl offers h2) with b"" and so an OpenSSL internal_error alert, with one that declines.
+
+    The protocols a listener speaks come from ``alpn`` on the factory under TLS (the fault wrapper).
+    """
+    from OpenSSL import SSL
+
+    def select(connection, offered):
+        tls_protocol = connection.get_app_data()
+        factory = getattr(getattr(tls_protocol, "factory", None), "wrappedFactory", None)
+        for protocol in getattr(factory, "alpn", ()):
+            if protocol in offered:
+                return protocol
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    context.set_alpn_select_callback(select)
+
+
 class ServerTLS:
     """The TLS material of a run: the CA, its file, and context factories by kind."""
 
@@ -179,6 +198,7 @@ class ServerTLS:
                     certificate=crypto.X509.from_cryptography(cert),
                     extraCertChain=[crypto.X509.from_cryptography(c) for c in extra] or None,
                 )
-                options.getContext()  # built (and cached) here, where the warning is filtered
+                context = options.getContext()  # built (and cached) here, where the warning is filtered
+            _negotiate_alpn_politely(context)
             self._options[kind] = options
         return self._options[kind]

@@ -82,19 +82,19 @@ class FaultingDatagramProtocol(DatagramProtocol):
     # -- the wrapped protocol's transport --------------------------------------
 
     def write(self, data, addr=None):
-        conn = self.connection_number(addr)
-        cap = self.journal.payload_cap
-        self.journal.record(DATA, self.server, conn, direction="down", size=len(data), payload=data[:cap],
-                            peer=f"{addr[0]}:{addr[1]}")
         fault = self._pending_down.pop(addr, None)
         if fault is None:
-            self.transport.write(data, addr)
+            self._send(data, addr)
         else:
             apply_datagram_fault(fault, data, lambda d: self._send(d, addr), self.clock)
 
     def _send(self, data, addr):
-        if self.transport is not None:
-            self.transport.write(data, addr)
+        """Journal a datagram as it leaves (after any fault shaped it) and send it."""
+        if self.transport is None:
+            return
+        self.journal.record(DATA, self.server, self.connection_number(addr), direction="down", size=len(data),
+                            payload=data[: self.journal.payload_cap], peer=f"{addr[0]}:{addr[1]}")
+        self.transport.write(data, addr)
 
     def __getattr__(self, name):
         # getHost, connect, loseConnection...: the real port's

@@ -70,6 +70,9 @@ class Shaper:
         self.passed = 0
         #: True once the action swallows everything (stall, truncate).
         self.black_hole = False
+        #: A reset/close at connect waits for the first byte either way, so the
+        #: client sees its connection reset, not refused (see ``start``).
+        self.armed = False
         self.queue: deque[tuple[float, bytes]] = deque()
         self.queued = 0
         self._timer = None
@@ -78,7 +81,15 @@ class Shaper:
 
     def start(self) -> None:
         if self.action in ("reset", "close", "stall", "truncate") and self.limit == 0:
-            self._limit_reached()
+            if self.action in ("reset", "close") and self.fault.rule.on == "connect":
+                self.armed = True  # an RST before the client spoke reads as "connection refused"
+            else:
+                self._limit_reached()
+
+    def fire(self) -> None:
+        """Trip an armed reset/close now."""
+        self.armed = False
+        self._limit_reached()
 
     def cancel(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -384,6 +395,9 @@ class FaultingProtocol(ProtocolWrapper):
     # -- bytes in, from the client -------------------------------------------
 
     def dataReceived(self, data):
+        if self.down is not None and self.down.armed:
+            self.down.fire()
+            return
         self.bytes_up += len(data)
         if self._captured_up < self._cap:
             keep = data[: self._cap - self._captured_up]
@@ -441,8 +455,10 @@ class FaultingFactory(WrappingFactory):
     noisy = False
 
     def __init__(self, wrappedFactory, server: str, engine: FaultEngine, journal: Journal, clock,
-                 label: str = "", tls: bool = False):
+                 label: str = "", tls: bool = False, alpn: tuple[bytes, ...] = ()):
         super().__init__(wrappedFactory)
+        #: ALPN protocol ids this listener speaks under TLS (see testbed.tls).
+        self.alpn = alpn
         self.server = server
         self.engine = engine
         self.journal = journal

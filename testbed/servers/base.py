@@ -80,6 +80,8 @@ class Server(abc.ABC):
     #: URL scheme of the plain and the TLS listener ("http", "https"...).
     scheme = "tcp"
     tls_scheme = "tls"
+    #: ALPN protocol ids offered under TLS (HTTP: http/1.1); others negotiate none.
+    alpn: tuple[bytes, ...] = ()
 
     def __init__(self, bed: "Testbed", name: str, config: Any):
         self.bed = bed
@@ -110,7 +112,8 @@ class Server(abc.ABC):
         from testbed.faults.wire import FaultingFactory
 
         bed = self.bed
-        wrapped = FaultingFactory(factory, self.name, bed.faults, bed.journal, bed.reactor, label=label, tls=tls)
+        wrapped = FaultingFactory(factory, self.name, bed.faults, bed.journal, bed.reactor, label=label, tls=tls,
+                                  alpn=self.alpn)
         outer = wrapped
         if tls:
             from twisted.protocols.tls import TLSMemoryBIOFactory

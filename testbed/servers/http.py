@@ -11,12 +11,18 @@ from __future__ import annotations
 import fnmatch
 import json as jsonlib
 import os
+import warnings
 from typing import Any, Mapping
 from urllib.parse import parse_qs
 
 import attrs
 from twisted.internet import defer
-from twisted.web import resource, server, static
+from twisted.web import resource, server
+
+with warnings.catch_warnings():
+    # twisted.web.static builds deprecated error pages at import; we never serve them.
+    warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"twisted\.web\.resource\._Unsafe")
+    from twisted.web import static
 
 from testbed.config import HTTPConfig, Route
 from testbed.faults.wire import NO_FAULTS
@@ -214,6 +220,7 @@ class HTTPServer(Server):
 
     scheme = "http"
     tls_scheme = "https"
+    alpn = (b"http/1.1",)
 
     def __init__(self, bed, name: str, config: HTTPConfig):
         super().__init__(bed, name, config)
