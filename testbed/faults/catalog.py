@@ -123,7 +123,10 @@ PROTOCOLS: dict[str, Protocol] = {
         match={"user", "path", "tls", "mode"},
     ),
     "dns": Protocol(
-        stages={"query", "datagram"},
+        # connect: wire actions on the TCP listener ("truncate" there is the wire one, after ``bytes``);
+        # datagram: datagram actions on UDP; query: everything below, plus drop/delay/duplicate/corrupt
+        # on the encoded reply (either transport) and the other wire actions scoped to a TCP reply.
+        stages={"connect", "query", "datagram"},
         actions={
             "reply": {"rcode": ("SERVFAIL", "NXDOMAIN", "REFUSED", "FORMERR", "NOTIMP", "NOERROR")},
             "truncate": {"bytes": int},
