@@ -83,7 +83,7 @@ PROTOCOLS: dict[str, Protocol] = {
         match={"mail_from", "rcpt", "user", "mechanism", "helo", "size", "tls"},
     ),
     "pop3": Protocol(
-        stages={"connect", "CAPA", "USER", "PASS", "APOP", "STLS", "STAT", "LIST", "UIDL",
+        stages={"connect", "CAPA", "USER", "PASS", "APOP", "AUTH", "STLS", "STAT", "LIST", "UIDL",
                 "RETR", "TOP", "DELE", "NOOP", "RSET", "QUIT"},
         actions={
             "reply": {"message": str, "then": _THEN},
