@@ -131,8 +131,8 @@ PROTOCOLS: dict[str, Protocol] = {
             "reply": {"rcode": ("SERVFAIL", "NXDOMAIN", "REFUSED", "FORMERR", "NOTIMP", "NOERROR")},
             "truncate": {"bytes": int},
             "wrong_id": {},
-            "wrong_question": {"name": str},
-            "wrong_name": {"name": str},
+            "wrong_question": {"qname": str},  # not "name": that key names the rule
+            "wrong_name": {"owner": str},
             "nodata": {},
             "ttl": {"ttl": int},
             "garbage": {"bytes": int},

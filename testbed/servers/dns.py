@@ -232,6 +232,11 @@ class DNSFactory(ZoneServerFactory):
         except Exception as e:  # EOFError, ValueError, struct.error...: whatever a datagram can provoke
             self._undecodable(ex, data, f"{type(e).__name__}: {e}")
             return
+        counts = _HEADER.unpack_from(data)[3:]
+        if counts != (len(message.queries), len(message.answers), len(message.authority), len(message.additional)):
+            # Message.decode stops quietly at the end of the data, whatever the header promised.
+            self._undecodable(ex, data, f"sections end early (header counts {counts})")
+            return
         if message.answer:
             self._record(ERROR, ex, error="not a query (QR set)", transport=ex.transport, size=len(data),
                          id=message.id)
@@ -364,9 +369,9 @@ class DNSFactory(ZoneServerFactory):
             message.id = (message.id + fault.rng.randrange(1, 0x10000)) & 0xFFFF
         elif action == "wrong_question":
             q = message.queries[0]
-            message.queries = [dns.Query(fault.param("name", "question-mismatch.invalid"), q.type, q.cls)]
+            message.queries = [dns.Query(fault.param("qname", "question-mismatch.invalid"), q.type, q.cls)]
         elif action == "wrong_name":
-            name = fault.param("name", "wrong-name.invalid")
+            name = fault.param("owner", "wrong-name.invalid")
             message.answers = [dns.RRHeader(name, rr.type, rr.cls, rr.ttl, rr.payload, rr.auth)
                                for rr in message.answers]
         elif action == "nodata":
