@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import itertools
 import os
 import re
 from hashlib import md5
@@ -55,6 +56,8 @@ HOSTNAME = "testbed.test"
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _EMPTY_LINE = re.compile(rb"(?:^|\n)\r?\n")
 _DEFAULT_FAULT_MESSAGE = "[SYS/TEMP] fault injected by the testbed"
+#: Numbers the APOP timestamps of every listener of the process.
+_MAGIC = itertools.count(1)
 
 #: Commands valid before login (AUTHORIZATION) and after (TRANSACTION), RFC 1939.
 _AUTHORIZATION = frozenset({"CAPA", "USER", "PASS", "APOP", "AUTH", "STLS", "QUIT"})
@@ -787,7 +790,6 @@ class POP3Factory(ServerFactory):
         self.log = log if log is not None else POP3Log()
         self.hostname = hostname
         self.portal = Portal(MailStoreRealm(mail), [MailStoreChecker(mail)])
-        self._magic = 0
 
     @property
     def starttls(self) -> bool:
@@ -796,8 +798,7 @@ class POP3Factory(ServerFactory):
 
     def next_magic(self) -> bytes:
         """The APOP timestamp of a new connection: unique per process, connection and second."""
-        self._magic += 1
-        return f"<{os.getpid()}.{self._magic}.{int(self.reactor.seconds())}@{self.hostname}>".encode("ascii")
+        return f"<{os.getpid()}.{next(_MAGIC)}.{int(self.reactor.seconds())}@{self.hostname}>".encode("ascii")
 
     def buildProtocol(self, addr):
         p = self.protocol()
