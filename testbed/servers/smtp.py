@@ -1,0 +1,789 @@
+"""The SMTP and SMTPS server, on ``twisted.mail.smtp.ESMTP``: delivers into the shared mail store, with faults at every stage.
+
+Commands, replies, AUTH (through a cred portal) and the DATA state machine are
+Twisted's; the subclass adds the extensions (SIZE, PIPELINING, 8BITMIME,
+ENHANCEDSTATUSCODES, STARTTLS), the limits, the journal and the fault stages.
+
+Twisted quirks worked around here (Twisted 26.10):
+
+- ``SMTP.noisy`` logs a line per message: off.
+- ``dataLineReceived`` feeds an empty line to the messages before a first body
+  line without a colon (room for its Received: header): the stored bytes must
+  be the client's, so the header/body guess is switched off after the 354.
+- ``LineOnlyReceiver`` drops the rest of a chunk after an over-long line and
+  ``SMTP.lineLengthExceeded`` then reads the rest of a message body as
+  commands; ``dataReceived`` here frames lines itself, answers 500 (command) or
+  552 (message) and keeps going.
+- Lines pipelined after STARTTLS in the same chunk would be run as commands
+  once TLS is up (the CVE-2011-0411 injection): they are discarded.
+- A malformed AUTH response (PLAIN without two NULs, CRAM-MD5 without a space)
+  and ``AUTH`` with no mechanism raise out of ``state_AUTH``/``ext_AUTH`` and drop
+  the connection: answered 501 instead. Any other exception from a command is
+  answered 451 and journaled, never propagated to the transport.
+- A failed ``IMessage.eomReceived`` always becomes "550 Could not send e-mail":
+  faults and errors after the final dot reply themselves and leave the
+  Deferred unfired, so Twisted sends nothing more.
+- Twisted's LOGIN challenges carry NUL bytes (``"User Name\\0"``):
+  ``smtp.LOGINCredentials`` ("Username:", "Password:") is used instead.
+- ``SMTPServerError.resp`` must be ``str`` for RCPT/MAIL errors but ``bytes``
+  for DATA errors; ``sendCode`` here takes either.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import re
+from typing import Any, Iterable
+
+from twisted.cred import credentials as cred_credentials
+from twisted.cred import error as cred_error
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
+from twisted.mail import smtp
+from twisted.mail._cred import PLAINCredentials
+from twisted.mail._except import IllegalClientResponse
+from twisted.mail.interfaces import IMessageDelivery
+from zope.interface import implementer
+
+from testbed.faults.wire import NO_FAULTS
+from testbed.journal import COMMAND, ERROR, REPLY, STORED
+from testbed.servers.base import Server
+
+#: Wire actions that end or black-hole the connection: at the ``message`` stage
+#: the message is then not stored (the client never saw it accepted).
+CUTTING = frozenset({"reset", "close", "stall", "truncate", "refuse"})
+
+#: Commands allowed before STARTTLS when ``require_tls``.
+BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
+#: Commands that need AUTH first when ``require_auth``.
+NEED_AUTH = frozenset({"MAIL", "RCPT", "DATA"})
+
+_ENHANCED = re.compile(rb"[245]\.\d{1,3}\.\d{1,3}(?: |$)")
+_SIZE = re.compile(rb"(?:^|\s)SIZE=(\d{1,20})(?=\s|$)", re.I)
+
+#: The enhanced status code (RFC 3463) added to a reply that has none.
+_ENHANCED_FOR = {
+    221: b"2.0.0", 235: b"2.7.0", 250: b"2.0.0", 252: b"2.5.0",
+    421: b"4.3.0", 450: b"4.2.1", 451: b"4.3.0", 452: b"4.3.1", 454: b"4.7.0",
+    500: b"5.5.2", 501: b"5.5.4", 502: b"5.5.1", 503: b"5.5.1", 504: b"5.5.4",
+    530: b"5.7.0", 534: b"5.7.9", 535: b"5.7.8", 538: b"5.7.11",
+    551: b"5.1.6", 552: b"5.3.4", 553: b"5.1.3", 554: b"5.3.0",
+}
+#: Replies that never carry an enhanced code: the greeting, TLS go-ahead, AUTH challenges, DATA go-ahead.
+_NO_ENHANCED = frozenset({220, 334, 354})
+
+#: What a fault reply says when its rule gives a code but no message.
+DEFAULT_FAULT_MESSAGES = {
+    421: "4.3.2 Service not available, closing transmission channel",
+    450: "4.2.1 Mailbox unavailable, try again later",
+    451: "4.3.0 Requested action aborted: local error in processing",
+    452: "4.3.1 Insufficient system storage",
+    454: "4.7.0 Temporary failure, try again later",
+    500: "5.5.2 Syntax error, command unrecognized",
+    501: "5.5.4 Syntax error in parameters or arguments",
+    502: "5.5.1 Command not implemented",
+    503: "5.5.1 Bad sequence of commands",
+    530: "5.7.0 Authentication required",
+    534: "5.7.9 Authentication mechanism is too weak",
+    535: "5.7.8 Authentication credentials invalid",
+    538: "5.7.11 Encryption required for requested authentication mechanism",
+    550: "5.1.1 Requested action not taken: mailbox unavailable",
+    551: "5.1.6 User not local",
+    552: "5.3.4 Message size exceeds fixed maximum message size",
+    553: "5.1.3 Requested action not taken: mailbox name not allowed",
+    554: "5.3.0 Transaction failed",
+}
+
+#: The code of a ``reply`` fault whose rule gives none, per stage.
+DEFAULT_FAULT_CODES = {"connect": 421, "AUTH": 535, "STARTTLS": 454, "DATA": 554, "message": 451}
+
+
+def _text(value: Any) -> str:
+    """An address, HELO argument or user name as text, whatever bytes the client sent."""
+    if value is None:
+        return ""
+    if not isinstance(value, bytes):
+        value = bytes(value)
+    return value.decode("utf-8", "replace")
+
+
+# -- what the server records --------------------------------------------------------
+
+
+class SMTPMessage:
+    """A message the server accepted: envelope, the bytes as received (dot-unstuffed), and its context."""
+
+    __slots__ = ("mail_from", "rcpt_to", "raw", "conn", "tls", "auth_user", "helo", "_message")
+
+    def __init__(self, mail_from: str, rcpt_to: list[str], raw: bytes, conn: int, tls: bool,
+                 auth_user: str | None, helo: str):
+        self.mail_from = mail_from
+        self.rcpt_to = rcpt_to
+        self.raw = raw
+        self.conn = conn
+        self.tls = tls
+        self.auth_user = auth_user
+        self.helo = helo
+        self._message = None
+
+    @property
+    def message(self):
+        """The message parsed as an ``email.message.EmailMessage`` (policy default), parsed on first use."""
+        if self._message is None:
+            import email
+            import email.policy
+
+            self._message = email.message_from_bytes(self.raw, policy=email.policy.default)
+        return self._message
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
+    @property
+    def subject(self) -> str | None:
+        return self.message["subject"]
+
+    def __repr__(self) -> str:
+        try:
+            subject = self.subject
+        except Exception:  # a message that does not parse still gets a repr
+            subject = "?"
+        return (f"<SMTPMessage conn={self.conn} from={self.mail_from!r} to={self.rcpt_to!r} "
+                f"size={self.size} subject={subject!r}>")
+
+
+# -- Twisted's delivery and message interfaces ------------------------------------------
+
+
+@implementer(smtp.IMessage)
+class _Collector:
+    """The IMessage of a transaction: gathers the lines once, whatever the number of recipients."""
+
+    __slots__ = ("protocol", "lines", "size", "limit")
+
+    def __init__(self, protocol: "TestbedSMTP", limit: int):
+        self.protocol = protocol
+        self.lines: list[bytes] | None = []
+        self.size = 0
+        self.limit = limit
+
+    def lineReceived(self, line: bytes) -> None:
+        self.size += len(line) + 2
+        if self.limit and self.size > self.limit:
+            raise smtp.SMTPServerError(552, b"5.3.4 Message size exceeds fixed maximum message size")
+        self.lines.append(line)
+
+    def eomReceived(self):
+        lines, self.lines = self.lines, None
+        return self.protocol._end_of_message(b"\r\n".join(lines) + b"\r\n" if lines else b"")
+
+    def connectionLost(self) -> None:
+        self.lines = None
+
+
+@implementer(smtp.IMessage)
+class _Passenger:
+    """The IMessage of every further recipient: the collector already holds the bytes."""
+
+    __slots__ = ()
+
+    def lineReceived(self, line: bytes) -> None:
+        pass
+
+    def eomReceived(self):
+        return defer.succeed(None)
+
+    def connectionLost(self) -> None:
+        pass
+
+
+_PASSENGER = _Passenger()
+
+
+@implementer(IMessageDelivery)
+class _Delivery:
+    """The connection's IMessageDelivery; after AUTH the realm hands out one carrying the user."""
+
+    __slots__ = ("protocol", "user")
+
+    def __init__(self, protocol: "TestbedSMTP", user: str | None = None):
+        self.protocol = protocol
+        self.user = user
+
+    def receivedHeader(self, helo, origin, recipients):
+        return None  # the stored bytes are exactly the client's
+
+    def validateFrom(self, helo, origin):
+        return self.protocol._validate_from(origin)
+
+    def validateTo(self, user):
+        return self.protocol._validate_to(user)
+
+
+@implementer(ICredentialsChecker)
+class MailStoreChecker:
+    """Checks AUTH credentials against the mail store's users (cleartext, so CRAM-MD5 works)."""
+
+    credentialInterfaces = (cred_credentials.IUsernamePassword, cred_credentials.IUsernameHashedPassword)
+
+    def __init__(self, mail):
+        self.mail = mail
+
+    def requestAvatarId(self, credentials):
+        try:
+            user = credentials.username.decode("utf-8") if isinstance(credentials.username, bytes) else credentials.username
+        except (UnicodeDecodeError, AttributeError):
+            return defer.fail(cred_error.UnauthorizedLogin())
+        password = self.mail.password(user) if user else None
+        if password is not None and credentials.checkPassword(password.encode("utf-8")):
+            return defer.succeed(user.lower())
+        return defer.fail(cred_error.UnauthorizedLogin())
+
+
+@implementer(IRealm)
+class _Realm:
+    """Gives an authenticated connection (the ``mind``) a delivery that knows its user."""
+
+    def requestAvatar(self, avatarId, mind, *interfaces):
+        if IMessageDelivery not in interfaces:
+            raise NotImplementedError("only IMessageDelivery")
+        return IMessageDelivery, _Delivery(mind, avatarId), lambda: None
+
+
+class _PortalGate:
+    """What ``ESMTP.state_AUTH`` logs in through: asks the AUTH stage, then the real portal."""
+
+    __slots__ = ("protocol", "portal")
+
+    def __init__(self, protocol: "TestbedSMTP", portal: Portal):
+        self.protocol = protocol
+        self.portal = portal
+
+    def login(self, credentials, mind, *interfaces):
+        protocol = self.protocol
+        fault = protocol.faults.at("AUTH", **protocol._attributes(user=_text(credentials.username),
+                                                                   mechanism=protocol._mechanism))
+        if protocol._fault_handled(fault, "AUTH"):
+            return defer.Deferred()  # the fault answered; Twisted stays silent
+        return self.portal.login(credentials, protocol, *interfaces)
+
+
+# -- the protocol ----------------------------------------------------------------------
+
+
+class TestbedSMTP(smtp.ESMTP):
+    """Twisted's ESMTP with the testbed's extensions, limits, journal and fault stages."""
+
+    noisy = False
+    faults = NO_FAULTS
+    #: Longest command or AUTH line; a DATA line may be as long as the message limit.
+    MAX_LENGTH = 16384
+
+    def __init__(self, factory: "SMTPFactory"):
+        super().__init__(factory.challengers, factory.tls_context)
+        self.factory = factory
+        self.config = factory.config
+        self._host = factory.host
+        self.portal = _PortalGate(self, factory.portal)
+        self.delivery = _Delivery(self)
+        self.callLater = factory.reactor.callLater
+        self.tls = False
+        self._silenced = False
+        self._rejecting = False
+        self._halt = False
+        self._overflow = False
+        self._declared_size: int | None = None
+        self._mechanism = ""
+        self._envelope: tuple[str, list[str]] | None = None
+        self._collector: _Collector | None = None
+
+    # -- state the stages share ----------------------------------------------------------
+
+    @property
+    def auth_user(self) -> str | None:
+        return self.delivery.user if self.delivery is not None else None
+
+    def _attributes(self, **extra: Any) -> dict:
+        attributes = {"helo": _text(self._helo[0]) if self._helo else "", "user": self.auth_user, "tls": self.tls}
+        attributes.update(extra)
+        return attributes
+
+    # -- faults ------------------------------------------------------------------------------
+
+    def _decide(self, stage: str, attributes: dict):
+        """Ask the engine without applying a wire action yet (for DATA: the 354 goes out first)."""
+        faults = self.faults
+        if faults.engine is None:
+            return None
+        return faults.engine.decide(faults.server, stage, faults.conn, attributes)
+
+    def _fault_handled(self, fault, stage: str) -> bool:
+        """Carry out a protocol action (reply, silence); False when there is none to carry out."""
+        if fault is None or fault.wire:
+            return False
+        if fault.action == "silence":
+            self._silence()
+            return True
+        code = int(fault.param("code", DEFAULT_FAULT_CODES.get(stage, 451)))
+        message = fault.param("message", None)
+        if message is None:
+            message = DEFAULT_FAULT_MESSAGES.get(code, "Requested action not taken (testbed fault)")
+        self.sendCode(code, message.encode("utf-8"), raw=True)
+        then = fault.param("then", "none")
+        if then == "none":
+            if code == 421:  # RFC 5321 3.8: a 421 closes the channel
+                self.transport.loseConnection()
+        else:
+            self.faults.follow_up(fault, self.transport)
+            self._silence()
+        return True
+
+    def _silence(self) -> None:
+        """No more replies: input is ignored from now on (the client waits, or times out)."""
+        self._silenced = True
+        self._buffer = b""
+
+    # -- lines in ------------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._silenced:
+            return
+        self._halt = False
+        if self._buffer:
+            data = self._buffer + data
+        lines = data.split(b"\r\n")
+        self._buffer = lines.pop()
+        transport = self.transport
+        for line in lines:
+            if transport.disconnecting or self._halt or self._silenced:
+                self._buffer = b""
+                return
+            if self._overflow:  # the end of a line already refused as too long
+                self._overflow = False
+                continue
+            if len(line) > self.MAX_LENGTH and len(line) > self._limit():
+                self._line_too_long()
+                continue
+            try:
+                self.lineReceived(line)
+            except Exception as e:
+                self._internal_error(e)
+        if self._halt or self._silenced:
+            self._buffer = b""
+        elif len(self._buffer) > self._limit():
+            self._buffer = b""
+            self._line_too_long()
+            self._overflow = True
+
+    def _limit(self) -> int:
+        if self.mode == smtp.DATA:
+            return max(self.config.max_message_size, self.MAX_LENGTH) or (1 << 62)
+        return self.MAX_LENGTH
+
+    def _line_too_long(self) -> None:
+        if self.mode == smtp.DATA:
+            if not self.datafailed:
+                self.datafailed = smtp.SMTPServerError(552, b"5.3.4 Message size exceeds fixed maximum message size")
+                if self._collector is not None:
+                    self._collector.connectionLost()
+            return
+        if self.mode == smtp.AUTH:
+            self.mode = smtp.COMMAND
+            self.challenger = None
+        self.faults.record(ERROR, error="line too long")
+        self.sendCode(500, b"5.5.6 Line too long")
+
+    def _internal_error(self, error: Exception) -> None:
+        self.faults.record(ERROR, error=f"{type(error).__name__}: {error}")
+        if self.mode != smtp.DATA:
+            self.mode = smtp.COMMAND
+            self.sendCode(451, b"4.3.0 Requested action aborted: local error in processing")
+
+    def state_COMMAND(self, line: bytes) -> None:
+        parts = line.strip().split(None, 1)
+        if not parts:
+            self.sendCode(500, b"5.5.2 Error: bad syntax")
+            return
+        verb = parts[0].upper()
+        rest = parts[1] if len(parts) == 2 else b""
+        try:
+            name = verb.decode("ascii")
+        except UnicodeDecodeError:
+            name = ""
+        self.faults.record(COMMAND, command=name or _text(verb),
+                           arg=_text(rest.split(None, 1)[0] if rest else b"") if name == "AUTH" else _text(rest))
+        if self._rejecting and name != "QUIT":
+            self.sendCode(503, b"5.5.1 Bad sequence of commands")
+            return
+        if self.config.require_tls and not self.tls and name not in BEFORE_TLS:
+            self.sendCode(530, b"5.7.0 Must issue a STARTTLS command first")
+            return
+        if self.config.require_auth and not self.authenticated and name in NEED_AUTH:
+            self.sendCode(530, b"5.7.0 Authentication required")
+            return
+        method = self.lookupMethod(name) if name.isalpha() else None
+        if method is None:
+            self.sendCode(500, b"5.5.2 Command unrecognized")
+        else:
+            method(rest)
+
+    def timeoutConnection(self) -> None:
+        self.sendCode(421, self._host + b" Error: timeout exceeded", raw=False)
+        self.transport.loseConnection()
+
+    # -- replies out -------------------------------------------------------------------------
+
+    def sendCode(self, code: int, message: bytes | str = b"", raw: bool = False) -> None:
+        """One reply in one write, with an enhanced status code when it has none, journaled."""
+        if isinstance(message, str):
+            message = message.encode("utf-8")
+        if not raw and code not in _NO_ENHANCED and not _ENHANCED.match(message):
+            prefix = _ENHANCED_FOR.get(code) or b"%d.0.0" % (code // 100)
+            message = prefix + b" " + message if message else prefix
+        lines = message.splitlines() or [b""]
+        if len(lines) == 1:
+            out = b"%d %s\r\n" % (code, lines[0])
+        else:
+            out = b"".join(b"%d-%s\r\n" % (code, l) for l in lines[:-1]) + b"%d %s\r\n" % (code, lines[-1])
+        self.transport.write(out)
+        self.faults.record(REPLY, code=code, message=lines[0].decode("utf-8", "replace"))
+
+    # -- connect -----------------------------------------------------------------------------
+
+    def greeting(self) -> bytes:
+        return self._host + b" ESMTP twisted-testbed"
+
+    def connectionMade(self) -> None:
+        self.tls = bool(getattr(getattr(self.transport, "factory", None), "tls", False))
+        fault = self.faults.at("connect")
+        if fault is None or fault.wire:
+            smtp.SMTP.connectionMade(self)
+            return
+        peer = self.transport.getPeer()
+        self._helo = (None, getattr(peer, "host", str(peer)))
+        self.setTimeout(self.timeout)
+        if self._fault_handled(fault, "connect") and not self._silenced and not self.transport.disconnecting:
+            self._rejecting = True  # RFC 5321 3.1: after a 554 greeting, 503 to all but QUIT
+
+    # -- HELO, EHLO, STARTTLS, AUTH -------------------------------------------------------------
+
+    def extensions(self) -> dict:
+        config = self.config
+        ext: dict[bytes, list[bytes] | None] = {
+            b"SIZE": [b"%d" % config.max_message_size],
+            b"PIPELINING": None,
+            b"8BITMIME": None,
+            b"ENHANCEDSTATUSCODES": None,
+        }
+        if self.challengers and (self.tls or not config.require_tls):
+            ext[b"AUTH"] = list(self.challengers)
+        if self._can_start_tls():
+            ext[b"STARTTLS"] = None
+        return ext
+
+    def _can_start_tls(self) -> bool:
+        return self.config.tls == "starttls" and self.ctx is not None and not self.tls
+
+    def _hello(self, rest: bytes, stage: str) -> bool:
+        """The common part of HELO and EHLO; False when answered already."""
+        fault = self.faults.at(stage, **self._attributes(helo=_text(rest)))
+        if self._fault_handled(fault, stage):
+            return False
+        if not rest:
+            self.sendCode(501, b"5.5.4 Syntax: %s hostname" % stage.encode())
+            return False
+        self._helo = (rest, self._peer())
+        self._from = None
+        self._to = []
+        return True
+
+    def _peer(self) -> bytes:
+        host = getattr(self.transport.getPeer(), "host", "")
+        return host.encode("idna") if isinstance(host, str) else host
+
+    def do_EHLO(self, rest: bytes) -> None:
+        if self._hello(rest, "EHLO"):
+            self.sendCode(250, self._host + b" Hello " + self._peer() + b"\n" + self.listExtensions(), raw=True)
+
+    def do_HELO(self, rest: bytes) -> None:
+        if self._hello(rest, "HELO"):
+            self.sendCode(250, self._host + b" Hello " + self._peer(), raw=True)
+
+    def ext_STARTTLS(self, rest: bytes) -> None:
+        if self.tls:
+            self.sendCode(503, b"5.5.1 TLS already active")
+            return
+        if not self._can_start_tls():
+            self.sendCode(502, b"5.5.1 STARTTLS not available")
+            return
+        if self._fault_handled(self.faults.at("STARTTLS", **self._attributes()), "STARTTLS"):
+            return
+        self.sendCode(220, b"2.0.0 Ready to start TLS", raw=True)
+        self.transport.startTLS(self.ctx)
+        self.startedTLS = self.tls = True
+        # RFC 3207 4.2: forget everything learnt in the clear, and run nothing sent with STARTTLS.
+        self._helo = (None, self._peer())
+        self._from = None
+        self._to = []
+        self.authenticated = False
+        self.delivery = _Delivery(self)
+        self._halt = True
+
+    def ext_AUTH(self, rest: bytes) -> None:
+        if self.authenticated:
+            self.sendCode(503, b"5.5.1 Already authenticated")
+            return
+        if self._from is not None:
+            self.sendCode(503, b"5.5.1 AUTH not allowed during a mail transaction")
+            return
+        parts = rest.split(None, 1)
+        if not parts:
+            self.sendCode(501, b"5.5.4 Syntax: AUTH mechanism")
+            return
+        mechanism = parts[0].upper()
+        if mechanism not in self.challengers:
+            self.sendCode(504, b"5.5.4 Unrecognized authentication type")
+            return
+        self._mechanism = _text(mechanism)
+        super().ext_AUTH(rest)
+
+    def state_AUTH(self, response) -> None:
+        try:
+            super().state_AUTH(response)
+        except (IllegalClientResponse, ValueError, TypeError):
+            self.mode = smtp.COMMAND
+            self.challenger = None
+            self.sendCode(501, b"5.5.2 Malformed authentication response")
+
+    # -- the transaction --------------------------------------------------------------------------
+
+    def do_MAIL(self, rest: bytes) -> None:
+        size = _SIZE.search(rest)
+        self._declared_size = int(size.group(1)) if size else None
+        super().do_MAIL(rest)
+
+    def _cbFromValidate(self, fromEmail, code=250, msg=b"2.1.0 Sender OK"):
+        super()._cbFromValidate(fromEmail, code, msg)
+
+    def _cbToValidate(self, to, user=None, code=250, msg=b"2.1.5 Recipient OK"):
+        super()._cbToValidate(to, user, code, msg)
+
+    def _ebFromValidate(self, failure):
+        if failure.check(smtp.SMTPServerError):
+            return super()._ebFromValidate(failure)
+        self._internal_error(failure.value)
+
+    def _ebToValidate(self, failure):
+        if failure.check(smtp.SMTPServerError):
+            return super()._ebToValidate(failure)
+        self._internal_error(failure.value)
+
+    def _validate_from(self, origin):
+        mail_from = _text(origin)
+        size = self._declared_size
+        fault = self.faults.at("MAIL", **self._attributes(mail_from=mail_from, size=size))
+        if self._fault_handled(fault, "MAIL"):
+            return defer.Deferred()  # answered by the fault; Twisted stays silent
+        limit = self.config.max_message_size
+        if limit and size is not None and size > limit:
+            raise smtp.SMTPServerError(552, "5.3.4 Message size exceeds fixed maximum message size")
+        return origin
+
+    def _validate_to(self, user):
+        rcpt = _text(user.dest)
+        fault = self.faults.at("RCPT", **self._attributes(rcpt=rcpt, mail_from=_text(self._from)))
+        if self._fault_handled(fault, "RCPT"):
+            return defer.Deferred()
+        if len(self._to) >= self.config.max_recipients:
+            raise smtp.SMTPServerError(452, "4.5.3 Too many recipients")
+        if self.factory.mail.resolve_recipient(rcpt) is None:
+            raise smtp.SMTPServerError(550, f"5.1.1 <{rcpt}>: Recipient address rejected: User unknown")
+        return self._new_message
+
+    def _new_message(self):
+        if self._collector is None:
+            self._collector = _Collector(self, self.config.max_message_size)
+            return self._collector
+        return _PASSENGER
+
+    def do_DATA(self, rest: bytes) -> None:
+        if self._from is None or not self._to:
+            super().do_DATA(rest)  # 503
+            return
+        mail_from = _text(self._from)
+        rcpts = [_text(user.dest) for user, _ in self._to]
+        fault = self._decide("DATA", self._attributes(mail_from=mail_from, rcpt=rcpts))
+        if self._fault_handled(fault, "DATA"):
+            return
+        self._envelope = (mail_from, rcpts)
+        self._collector = None
+        super().do_DATA(rest)
+        if self.mode == smtp.DATA:
+            self._SMTP__inbody = 1  # no guessing at headers: no empty line slipped in before the body
+        if fault is not None:
+            self.faults.apply(fault)  # a wire action at DATA acts after the 354
+
+    def _end_of_message(self, raw: bytes):
+        """After the final dot: the ``message`` stage, then delivery (before the 250)."""
+        self._collector = None
+        mail_from, rcpts = self._envelope
+        fault = self.faults.at("message", **self._attributes(mail_from=mail_from, rcpt=rcpts, size=len(raw)))
+        if fault is not None:
+            if fault.wire:
+                if fault.action in CUTTING:
+                    return defer.Deferred()  # the server "died" before committing: not stored
+            elif fault.action == "reply" and 200 <= int(fault.param("code", 451)) < 300:
+                self._store(mail_from, rcpts, raw)
+                self._fault_handled(fault, "message")
+                return defer.Deferred()
+            else:
+                self._fault_handled(fault, "message")
+                return defer.Deferred()
+        try:
+            stored = self._store(mail_from, rcpts, raw)
+        except Exception as e:  # never let Twisted turn it into a bare 550
+            stored = False
+            self.faults.record(ERROR, error=f"delivery failed: {type(e).__name__}: {e}")
+        if not stored:
+            self.sendCode(451, b"4.3.0 Requested action aborted: local error in processing")
+            return defer.Deferred()
+        return defer.succeed(None)
+
+    def _store(self, mail_from: str, rcpts: list[str], raw: bytes) -> bool:
+        deliver = self.factory.mail.deliver
+        delivered = []
+        for rcpt in rcpts:
+            try:
+                deliver(rcpt, raw)
+            except Exception as e:
+                self.faults.record(ERROR, error=f"delivery to {rcpt} failed: {type(e).__name__}: {e}")
+            else:
+                delivered.append(rcpt)
+        if not delivered:
+            return False
+        message = SMTPMessage(mail_from, delivered, raw, self.faults.conn, self.tls, self.auth_user,
+                              _text(self._helo[0]) if self._helo else "")
+        self.factory.messages.append(message)
+        self.faults.record(STORED, mail_from=mail_from, rcpt=delivered, size=len(raw))
+        return True
+
+    # -- the rest -----------------------------------------------------------------------------------
+
+    def do_RSET(self, rest: bytes) -> None:
+        if not self._fault_handled(self.faults.at("RSET", **self._attributes()), "RSET"):
+            self._from = None
+            self._to = []
+            self.sendCode(250, b"2.0.0 Ok")
+
+    def do_NOOP(self, rest: bytes) -> None:
+        if not self._fault_handled(self.faults.at("NOOP", **self._attributes()), "NOOP"):
+            self.sendCode(250, b"2.0.0 Ok")
+
+    def do_VRFY(self, rest: bytes) -> None:
+        if not self._fault_handled(self.faults.at("VRFY", **self._attributes(rcpt=_text(rest))), "VRFY"):
+            self.sendCode(252, b"2.5.0 Cannot VRFY user, but will accept message and attempt delivery")
+
+    def do_QUIT(self, rest: bytes) -> None:
+        if not self._fault_handled(self.faults.at("QUIT", **self._attributes()), "QUIT"):
+            self.sendCode(221, b"2.0.0 Bye")
+            self.transport.loseConnection()
+
+
+# -- the factory ------------------------------------------------------------------------------
+
+
+_CHALLENGERS = {
+    "PLAIN": lambda host: PLAINCredentials,
+    "LOGIN": lambda host: smtp.LOGINCredentials,
+    "CRAM-MD5": lambda host: functools.partial(cred_credentials.CramMD5Credentials, host),
+}
+
+
+class SMTPFactory(smtp.SMTPFactory):
+    """Builds ``TestbedSMTP`` connections sharing one config, mail store and list of accepted messages."""
+
+    protocol = TestbedSMTP
+    noisy = False
+
+    def __init__(self, config, mail, tls=None, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        super().__init__(Portal(_Realm(), [MailStoreChecker(mail)]))
+        self.config = config
+        self.mail = mail
+        self.reactor = reactor
+        self.host = config.hostname.encode("idna")
+        self.tls_context = tls.options() if tls is not None and config.tls == "starttls" else None
+        self.challengers = {name.upper().encode("ascii"): _CHALLENGERS[name.upper()](self.host)
+                            for name in config.auth}
+        self.messages: list[SMTPMessage] = []
+
+    def buildProtocol(self, addr):
+        p = self.protocol(self)
+        p.timeout = self.timeout
+        return p
+
+
+def build_factory(config, mail, tls=None, reactor=None) -> SMTPFactory:
+    """The SMTP protocol factory for ``config`` over the mail store ``mail``.
+
+    ``tls`` is the run's ``ServerTLS`` (or anything with ``options()``) for
+    STARTTLS; ``reactor`` gives the timeouts their clock.
+    """
+    return SMTPFactory(config, mail, tls, reactor)
+
+
+# -- the handle -------------------------------------------------------------------------------
+
+
+class SMTPServer(Server):
+    """``smtp_server``: ``host``, ``port``, ``tls_port``, ``messages``, ``wait_for(...)``, ``faults``."""
+
+    scheme = "smtp"
+    tls_scheme = "smtps"
+
+    def __init__(self, bed, name: str, config):
+        super().__init__(bed, name, config)
+        self.factory = build_factory(config, bed.mail, bed.tls, bed.reactor)
+
+    @defer.inlineCallbacks
+    def start(self):
+        config = self.config
+        if config.listen:
+            implicit = config.tls == "implicit"
+            yield self.listen(config.listen, self.factory, "smtps" if implicit else "smtp", tls=implicit)
+        if config.tls_listen:
+            yield self.listen(config.tls_listen, self.factory, "smtps", tls=True)
+
+    def reset(self) -> None:
+        super().reset()
+        self.factory.messages = []
+
+    @property
+    def messages(self) -> list[SMTPMessage]:
+        """Every message accepted since the test began, in order."""
+        return list(self.factory.messages)
+
+    def wait_for(self, count: int | None = None, to: str | None = None, timeout: float = 5.0):
+        """The messages (to recipients matching the glob ``to``, when given) once ``count`` (default 1) arrived.
+
+        Raises ``WaitTimeout`` naming what arrived instead; in the reactor thread, returns a Deferred.
+        """
+        count = 1 if count is None else int(count)
+
+        def collect() -> list[SMTPMessage]:
+            found = list(self.factory.messages)
+            if to is not None:
+                pattern = to.lower()
+                found = [m for m in found if any(fnmatch.fnmatchcase(r.lower(), pattern) for r in m.rcpt_to)]
+            return found
+
+        what = f"{count} message(s)" + (f" to {to!r}" if to is not None else "")
+        return self._wait(collect, lambda found: len(found) >= count, what, timeout,
+                          seen=lambda: list(self.factory.messages))
+
+
+SERVER = SMTPServer
