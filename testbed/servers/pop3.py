@@ -371,9 +371,10 @@ class TestbedPOP3(pop3.POP3):
 
     def connectionLost(self, reason=None):
         self._gone = True
+        super().connectionLost(reason)  # logs out: releases the maildrop lock
         if self.session is not None:
             self.session.closed = True
-        super().connectionLost(reason)
+            self.faults.record("pop3.logout", user=self.session.user, committed=self.session.committed)
 
     def setTimeout(self, period):
         # _longOperation re-arms the timer when a transfer ends, even one ended by connectionLost.
