@@ -202,6 +202,14 @@ def test_edns_answer_above_the_clients_size_is_truncated_with_opt():
     assert len(reply) == 12 + len("huge.example.test") + 2 + 4 + 11
 
 
+def test_edns_over_tcp_is_not_truncated():
+    c = Rig().tcp()
+    c.send(frame(query("huge.example.test", "TXT", use_edns=0, payload=1232)))
+    (reply,) = unframe(c.sent())
+    m = parse(reply)
+    assert not m.flags & dns.flags.TC and len(m.answer[0]) == 8 and m.edns == 0
+
+
 def test_a_small_edns_size_means_512():
     (reply,) = Rig().datagram(query("big.example.test", "TXT", use_edns=0, payload=100))
     assert parse(reply).flags & dns.flags.TC

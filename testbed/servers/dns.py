@@ -183,6 +183,8 @@ class DNSStream(dns.DNSProtocol):
 class DNSDatagram(dns.DNSDatagramProtocol):
     """DNS over UDP: each datagram goes to the factory; the transport is usually the datagram fault wrapper."""
 
+    noisy = False
+
     def datagramReceived(self, data: bytes, addr) -> None:
         number = getattr(self.transport, "connection_number", None)
         conn = number(addr) if number is not None else 0
@@ -263,13 +265,13 @@ class DNSFactory(ZoneServerFactory):
         query = message.queries[0] if message.queries else None
         ex.name = _name_text(query.name).rstrip(".") or "." if query else ""
         ex.type = _type_name(query.type) if query else ""
+        size = UDP_LIMIT
         for rr in message.additional:
             if rr.type == dns.OPT:
                 ex.edns = True
-                ex.limit = max(UDP_LIMIT, min(rr.cls, _MAX_DATAGRAM))
-        if ex.transport == "udp" and not ex.limit:
-            ex.limit = UDP_LIMIT
+                size = max(UDP_LIMIT, min(rr.cls, _MAX_DATAGRAM))
         if ex.transport == "udp":
+            ex.limit = size  # over TCP, no limit: 0
             ex.peer = f"{ex.address[0]}:{ex.address[1]}"
         else:
             ex.peer = ex.protocol.peer()
