@@ -495,11 +495,13 @@ def test_fault_rcpt_refuses_only_matching_recipients(code):
     assert not s.mail.has_user("one@bounce.test")
 
 
-def test_fault_data_554_keeps_the_envelope():
+def test_fault_data_554_ends_the_transaction():
     s = Session([{"server": "smtp", "on": "DATA", "action": "reply", "code": 554, "times": 1}])
     s.ehlo()
     s.envelope()
     assert s.cmd(b"DATA") == b"554 5.3.0 Transaction failed\r\n"
+    assert s.cmd(b"DATA") == b"503 5.5.1 Must have valid receiver and originator\r\n"
+    s.envelope()  # a new MAIL without RSET, as smtplib does
     assert s.data() == b"250 2.0.0 Delivery in progress\r\n"
 
 

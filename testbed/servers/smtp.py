@@ -617,6 +617,9 @@ class TestbedSMTP(smtp.ESMTP):
         rcpts = [_text(user.dest) for user, _ in self._to]
         fault = self._decide("DATA", self._attributes(mail_from=mail_from, rcpt=rcpts))
         if self._fault_handled(fault, "DATA"):
+            # The transaction ends: smtplib sends no RSET after a refused DATA.
+            self._from = None
+            self._to = []
             return
         self._envelope = (mail_from, rcpts)
         self._collector = None
