@@ -1,22 +1,6 @@
 """The POP3 and POP3S server, on ``twisted.mail.pop3.POP3``, over the shared mail store (``bed.mail``).
 
-A cred portal hands out an ``IMailbox`` view of the user's INBOX holding the
-RFC 1939 maildrop lock; deletions are committed on QUIT only. At each command
-the fault engine may answer -ERR, stay silent, cut or misstate a response.
-
-Twisted's POP3 server is kept for line framing, the idle timeout, cred login,
-APOP challenges, pipelined-command queueing (``blocked``/``_longOperation``)
-and ``FileSender`` streaming. Overridden, because Twisted 26.10 gets them
-wrong: command dispatch (an argument error raises out of ``lineReceived`` and
-drops the connection; a queued command that fails raises inside a Deferred and
-is never answered), CAPA (lists PIPELINE, CELERITY, AUSPEX, POTENCE),
-APOP verification (compares a str digest with bytes: never succeeds), STAT,
-LIST and UIDL (count deleted messages), DELE (``DELE 0`` deletes the last
-message), RETR/TOP (CRLF becomes CR CR LF, a leading dot on the first line
-or a chunk is not stuffed, TOP misses a header end split across reads),
-listings through the global cooperator (nothing is sent under a ``Clock``),
-RPOP's joke reply and the obsolete LAST. STLS (RFC 2595) and SASL PLAIN
-(RFC 5034) are added; Twisted's POP3 server has neither in a usable form.
+USER/PASS, APOP, SASL PLAIN and STLS; the RFC 1939 maildrop lock; deletions committed on QUIT only; faults per command.
 """
 
 from __future__ import annotations
@@ -336,7 +320,34 @@ class _MessageSender(basic.FileSender):
 
 
 class TestbedPOP3(pop3.POP3):
-    """Twisted's POP3 server with honest CAPA, STLS, SASL PLAIN, response codes and fault stages."""
+    """Twisted's POP3 server with honest CAPA, STLS, SASL PLAIN, response codes and fault stages.
+
+    Kept from Twisted: line framing, the idle timeout, cred login, APOP
+    challenges, pipelined-command queueing (``blocked``/``_longOperation``) and
+    ``FileSender`` streaming. Overridden because Twisted 26.10 gets them wrong:
+    dispatch (a missing argument raises out of ``lineReceived`` and drops the
+    connection; a queued command that fails raises inside a Deferred and is
+    never answered), CAPA (PIPELINE, CELERITY, AUSPEX, POTENCE), APOP (compares
+    a str digest with bytes: never succeeds), STAT/LIST/UIDL (count deleted
+    messages), DELE (``DELE 0`` marks the last message), RETR/TOP (CRLF becomes
+    CR CR LF; a dot opening the first line or a chunk is not stuffed; TOP misses
+    a header end split across reads), listings through the global cooperator
+    (nothing is sent under a ``Clock``), RPOP's joke reply, the obsolete LAST,
+    and "+OK " with a trailing space. Added: STLS (RFC 2595), SASL PLAIN (RFC 5034).
+
+    Faults: each command (and ``connect``) is a stage, asked once the command
+    is well-formed and valid in the state, with ``user`` (the USER/APOP name,
+    the pending USER at PASS, the logged-in user after; None at AUTH),
+    ``message`` (the message number, None for a whole listing) and ``tls``.
+    ``reply`` answers ``-ERR <message>`` (then ``close`` by default at connect
+    and QUIT, ``none`` elsewhere) and skips the command, so a QUIT commits
+    nothing; ``silence`` skips it without a word; ``no_terminator`` leaves out
+    the ".\\r\\n" of a multi-line answer (the CRLF of a one-line one);
+    ``disconnect`` closes after ``bytes`` of the message (RETR/TOP), of the
+    listing (CAPA/LIST/UIDL) or of the line; ``wrong_size`` adds ``delta`` to
+    the sizes STAT, LIST and RETR's "+OK n octets" state (elsewhere it does nothing).
+    A wire action at a stage shapes the connection from that command's reply on.
+    """
 
     faults = NO_FAULTS
     #: RFC 1939: the autologout timer is at least ten minutes.
