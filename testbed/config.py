@@ -93,6 +93,10 @@ class IMAPConfig:
     listen: str = EPHEMERAL
     tls: str = _choices("starttls", "none", "implicit")
     tls_listen: str = EPHEMERAL
+    #: SASL mechanisms AUTHENTICATE offers (PLAIN, LOGIN, CRAM-MD5); the LOGIN command is always there.
+    auth: typing.List[str] = attrs.Factory(lambda: ["PLAIN", "LOGIN", "CRAM-MD5"])
+    #: Advertise LOGINDISABLED and refuse LOGIN/AUTHENTICATE until STARTTLS (or on the IMAPS port).
+    require_tls: bool = False
 
 
 @attrs.frozen

@@ -95,19 +95,21 @@ PROTOCOLS: dict[str, Protocol] = {
         match={"user", "message", "tls"},
     ),
     "imap": Protocol(
-        stages={"connect", "CAPABILITY", "LOGIN", "AUTHENTICATE", "STARTTLS", "SELECT", "EXAMINE",
-                "LIST", "LSUB", "STATUS", "CREATE", "DELETE", "RENAME", "FETCH", "SEARCH", "STORE",
-                "COPY", "APPEND", "EXPUNGE", "IDLE", "NOOP", "LOGOUT", "UID"},
+        # A UID command is its verb ("FETCH") with the attribute uid = true.
+        stages={"connect", "CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "LOGIN", "AUTHENTICATE",
+                "NAMESPACE", "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE",
+                "UNSUBSCRIBE", "LIST", "LSUB", "STATUS", "APPEND", "IDLE", "CHECK", "CLOSE",
+                "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY"},
         actions={
             "reply": {"status": ("NO", "BAD", "BYE"), "message": str, "then": _THEN},
-            "preauth": {},
+            "preauth": {"user": str},
             "silence": {},
             "bye_mid_fetch": {"bytes": int, "message": str},
             "short_literal": {"missing": int},
             "idle_no_ack": {},
             "uidvalidity_change": {},
         },
-        match={"user", "mailbox", "message", "tls"},
+        match={"user", "mailbox", "message", "tls", "uid", "mechanism"},
     ),
     "ftp": Protocol(
         stages={"connect", "data", "USER", "PASS", "AUTH", "PBSZ", "PROT", "PASV", "EPSV", "PORT",
