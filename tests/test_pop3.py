@@ -229,7 +229,8 @@ def test_messages_are_streamed_in_chunks_and_stuffed_across_them():
 
 def test_pipelined_commands_are_answered_in_order(bed):
     client = bed.connect()
-    out = client.send(b"USER alice@example.test\r\nPASS secret\r\nRETR 1\r\nSTAT\r\nRETR 2\r\nBOGUS\r\nNOOP\r\nQUIT\r\n")
+    out = client.send(b"USER alice@example.test\r\nPASS secret\r\nRETR 1\r\nSTAT\r\n"
+                      b"RETR 2\r\nBOGUS\r\nNOOP\r\nQUIT\r\n")
     assert out == (b"+OK send PASS\r\n"
                    + b"+OK alice@example.test has 2 messages (%d octets)\r\n" % (SIZE1 + SIZE2)
                    + b"+OK %d octets\r\n" % SIZE1 + WIRE1 + b".\r\n"
@@ -588,3 +589,24 @@ def test_a_wire_reset_after_n_bytes_of_a_retr(bed):
 def test_a_refused_connection_never_reaches_the_protocol(bed):
     client = bed.connect(fault("connect", "refuse"))
     assert client.greeting == b"" and client.conn.closed
+
+
+def test_random_input_never_breaks_the_session_or_the_store(bed, store):
+    import random
+
+    rng = random.Random(1939)
+    verbs = [b"CAPA", b"STAT", b"LIST", b"UIDL", b"RETR", b"TOP", b"DELE", b"NOOP", b"RSET", b"USER", b"PASS",
+             b"APOP", b"AUTH", b"STLS", b"LAST", b"XYZZY", b"", b"\x00", b"r\xc3\xa9tr"]
+    args = [b"1", b"2", b"3", b"0", b"-1", b"99999999999999", b"x", b"\xff", b"1 1", b"2 0", b"", b" ", b"\t",
+            b"%s", b"{0}", b"..", b"*"]
+    client = bed.connect()
+    client.login()
+    for _ in range(400):
+        words = b" ".join(rng.choice(args) for _ in range(rng.randint(0, 3)))
+        line = rng.choice(verbs) + b" " * rng.randint(0, 2) + words
+        reply = client(line)
+        assert reply[:3] == b"+OK" or reply[:4] == b"-ERR", (line, reply)
+    assert not client.conn.closed
+    assert not [e for e in bed.journal.query("error") if "internal" in str(e)]
+    client.drop()
+    assert [m.raw for m in store.mailbox(ALICE).messages] == [MSG1, MSG2]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import poplib
 import shutil
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -151,6 +153,19 @@ def test_users_added_at_runtime_log_in(pop3_server, testbed):
     client.pass_("pw")
     assert client.stat()[0] == 1
     client.quit()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("testbed.servers.smtp") is None, reason="no SMTP server yet")
+@pytest.mark.parametrize("testbed_scenario", [{"servers": {"http": {"enabled": False}, "smtp": {"enabled": True},
+                                                           "pop3": {"enabled": True}},
+                                               "users": {ALICE: "secret"}}], ids=["smtp+pop3"])
+def test_mail_sent_over_smtp_is_retrieved_over_pop3(testbed, pop3_server):
+    smtp = testbed["smtp"]
+    with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
+        client.sendmail("sender@example.org", [ALICE], message(7, body="via SMTP"))
+    pop = login(pop3_server)
+    assert b"via SMTP" in pop.retr(1)[1]
+    pop.quit()
 
 
 def test_pipelined_commands_over_a_socket(pop3_server, mail):
