@@ -111,10 +111,16 @@ PROTOCOLS: dict[str, Protocol] = {
         },
         match={"user", "mailbox", "message", "tls", "uid", "mechanism"},
     ),
+    # FTP: "connect", every command the server implements, and "data" (asked when a transfer
+    # starts on its data connection; wire actions there hit the data connection). reply: instead
+    # of the command (421 closes unless "then" says otherwise); silence: no reply at all;
+    # wrong_address: PASV/EPSV advertise host/port; short_transfer: RETR/LIST/NLST/MLSD send
+    # "bytes" then 226; no_completion: a transfer's 150 and data but never its 226.
     "ftp": Protocol(
-        stages={"connect", "data", "USER", "PASS", "AUTH", "PBSZ", "PROT", "PASV", "EPSV", "PORT",
-                "EPRT", "LIST", "NLST", "MLSD", "RETR", "STOR", "APPE", "REST", "SIZE", "MDTM",
-                "CWD", "PWD", "MKD", "RMD", "DELE", "RNFR", "RNTO", "FEAT", "TYPE", "QUIT"},
+        stages={"connect", "data", "USER", "PASS", "AUTH", "PBSZ", "PROT", "FEAT", "OPTS", "SYST",
+                "NOOP", "QUIT", "PWD", "CWD", "CDUP", "TYPE", "STRU", "MODE", "PASV", "EPSV", "PORT",
+                "EPRT", "LIST", "NLST", "MLSD", "MLST", "RETR", "STOR", "APPE", "REST", "SIZE", "MDTM",
+                "DELE", "MKD", "RMD", "RNFR", "RNTO", "ABOR", "ALLO"},
         actions={
             "reply": {"code": int, "message": str, "then": _THEN},
             "silence": {},
@@ -122,7 +128,7 @@ PROTOCOLS: dict[str, Protocol] = {
             "short_transfer": {"bytes": int},
             "no_completion": {},
         },
-        match={"user", "path", "tls", "mode"},
+        match={"user", "path", "tls", "mode", "type", "command"},
     ),
     "dns": Protocol(
         # connect: wire actions on the TCP listener ("truncate" there is the wire one, after ``bytes``);

@@ -337,6 +337,16 @@ class _UploadFile:
         self._report(self._path_text, size)
         return defer.succeed(None)
 
+    def abort(self) -> None:
+        """Release the file without reporting an upload (the transfer failed); what arrived stays."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._consumer.finish()
+        except Exception:
+            _log.failure("closing an aborted upload of {path!r} failed", path=self._path_text)
+
 
 def _write_all(fObj: Any, data: bytes) -> None:
     view = memoryview(data)
@@ -382,8 +392,21 @@ class JailedShell(_ShellBase, ftp.FTPShell):
 
     def read_only(self) -> "JailedShell":
         """The same tree and callbacks, refusing every modification."""
+        return self.with_callbacks(writable=False)
+
+    def with_callbacks(
+        self,
+        *,
+        writable: bool | None = None,
+        on_upload: UploadCallback | None = None,
+        on_violation: ViolationCallback | None = None,
+    ) -> "JailedShell":
+        """The same tree with other callbacks (each defaults to this shell's), e.g. one per connection."""
         return JailedShell(
-            self.root, writable=False, on_upload=self.on_upload, on_violation=self.on_violation
+            self.root,
+            writable=self.writable if writable is None else writable,
+            on_upload=on_upload or self.on_upload,
+            on_violation=on_violation or self.on_violation,
         )
 
     # -- resolution --------------------------------------------------------------
@@ -616,10 +639,20 @@ class MemoryShell(_ShellBase):
 
     def read_only(self) -> "MemoryShell":
         """A view of the same tree and callbacks, refusing every modification."""
+        return self.with_callbacks(writable=False)
+
+    def with_callbacks(
+        self,
+        *,
+        writable: bool | None = None,
+        on_upload: UploadCallback | None = None,
+        on_violation: ViolationCallback | None = None,
+    ) -> "MemoryShell":
+        """A view of the same tree with other callbacks (each defaults to this shell's)."""
         return MemoryShell(
-            writable=False,
-            on_upload=self.on_upload,
-            on_violation=self.on_violation,
+            writable=self.writable if writable is None else writable,
+            on_upload=on_upload or self.on_upload,
+            on_violation=on_violation or self.on_violation,
             _tree=self._tree,
         )
 
