@@ -45,6 +45,22 @@ class Connection:
         self.transport.clear()
         return value
 
+    def pump(self, limit: int = 100000) -> None:
+        """Run a registered producer (a RETR, a file download) until it unregisters itself."""
+        for _ in range(limit):
+            producer = self.transport.producer
+            if producer is None:
+                return
+            producer.resumeProducing()
+        raise AssertionError(f"the producer was still registered after {limit} rounds")
+
+    def drop(self, reason=None) -> None:
+        """The client went away: deliver connectionLost."""
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        self.wrapper.connectionLost(reason or Failure(ConnectionDone()))
+
     @property
     def closed(self) -> bool:
         """The server closed the connection (FIN or RST)."""

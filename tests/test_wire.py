@@ -239,3 +239,20 @@ def test_a_throttled_producer_is_not_drained_into_memory():
         c.transport.producer.resumeProducing()
         c.clock.pump([0.05] * 40)
     assert c.protocol.chunks == 16
+
+
+class StartsTLS(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(b"+OK Begin TLS\r\n")
+        self.transport.startTLS("context")
+
+
+def test_starttls_waits_until_the_go_ahead_reply_has_left_in_the_clear():
+    c = testing.connect(Factory.forProtocol(StartsTLS), "http",
+                        rules=testing.rules({"server": "http", "action": "delay", "seconds": 1}))
+    started = []
+    c.transport.startTLS = lambda ctx, normal=True: started.append(c.transport.value())
+    c.send(b"STLS\r\n")
+    assert started == []
+    c.clock.advance(1)
+    assert started == [b"+OK Begin TLS\r\n"]

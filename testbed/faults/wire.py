@@ -439,6 +439,14 @@ class FaultingProtocol(ProtocolWrapper):
     def abortConnection(self):
         self.transport.abortConnection()
 
+    def startTLS(self, ctx, normal=True):
+        """STARTTLS/STLS/AUTH TLS: bytes still held by a shaper (the "go ahead" reply) leave in the clear first."""
+        down = self.down
+        if down is not None and down.queued:
+            down.when_drained(lambda: self.transport.startTLS(ctx, normal))
+        else:
+            self.transport.startTLS(ctx, normal)
+
     def registerProducer(self, producer, streaming):
         self._gate = _ProducerGate(producer, streaming)
         self.transport.registerProducer(self._gate, streaming)
