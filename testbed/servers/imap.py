@@ -447,7 +447,7 @@ class TestbedIMAPServer(IMAP4Server):
         self._pendingLiteral = defer.Deferred()
         self._pendingLiteral.addCallback(self._auth_response, chal, tag)
         self._pendingLiteral.addErrback(self._auth_error, tag)
-        self.sendContinuationRequest(base64.b64encode(challenge))
+        self.sendLine(b"+ " + base64.b64encode(challenge))  # "+ " even for an empty challenge (RFC 3501 9)
 
     def _auth_response(self, line: bytes, chal, tag) -> None:
         if line.strip() == b"*":

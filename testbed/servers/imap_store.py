@@ -285,13 +285,55 @@ def envelope(part: Part) -> list:
             value("in-reply-to"), value("message-id")]
 
 
+def _param_list(params: list[tuple[str, str]]) -> list | None:
+    return [x for pair in params for x in pair] or None
+
+
+def _disposition(part: Part) -> list | None:
+    value = part.value("content-disposition")
+    if not value:
+        return None
+    parsed = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(f"Content-Disposition: {value}\n\n")
+    params = parsed.get_params(header="content-disposition") or []
+    if not params:
+        return None
+    pairs = []
+    for key, val in params[1:]:
+        if isinstance(val, tuple):
+            val = email.utils.collapse_rfc2231_value(val)
+        pairs.append((key.lower(), str(val)))
+    return [params[0][0].lower(), _param_list(pairs)]
+
+
+def _line_count(data: bytes) -> int:
+    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+
+
 def body_structure(part: Part, extended: bool) -> list:
-    """BODYSTRUCTURE (``extended``) or BODY, from Twisted's builder; a plain text one if it chokes."""
-    try:
-        return imap4.getBodyStructure(MessagePart(part), extended)
-    except Exception:
-        lines = part.body.count(b"\n") + (1 if part.body and not part.body.endswith(b"\n") else 0)
-        return ["text", "plain", ["charset", "us-ascii"], None, None, "7bit", len(part.body), lines]
+    """BODYSTRUCTURE (``extended``) or BODY of a part (RFC 3501 7.4.2).
+
+    Not Twisted's ``getBodyStructure``: it puts a message/rfc822 part's extension
+    data before its envelope, lower-cases parameter values (boundaries included)
+    and chokes on a parameter without "=".
+    """
+    if part.is_multipart and part.children:
+        result: list = [body_structure(child, extended) for child in part.children]
+        result.append(part.sub)
+        if extended:
+            result += [_param_list(part.params), _disposition(part), part.value("content-language"),
+                       part.value("content-location")]
+        return result
+    result = [part.main, part.sub, _param_list(part.params), part.value("content-id"),
+              part.value("content-description"), part.value("content-transfer-encoding") or "7bit", len(part.body)]
+    if part.is_message:
+        inner = part.children[0]
+        result += [envelope(inner), body_structure(inner, extended), _line_count(part.body)]
+    elif part.main == "text":
+        result.append(_line_count(part.body))
+    if extended:
+        result += [part.value("content-md5"), _disposition(part), part.value("content-language"),
+                   part.value("content-location")]
+    return result
 
 
 def imap_date(timestamp: float) -> str:
