@@ -639,6 +639,8 @@ class FTPProtocol(ftp.FTP):
         return method(*params)
 
     def _check_state(self, cmd: str) -> tuple[int, str] | None:
+        if self.state == self.RENAMING and cmd != "RNTO":
+            self.state, self._rename_from = self.AUTHED, None  # RNFR not followed by RNTO: forgotten
         if cmd in PUBLIC:
             return None
         if self.state == self.UNAUTH:
@@ -651,8 +653,6 @@ class FTPProtocol(ftp.FTP):
             if cmd in ("USER", "PASS"):
                 return None
             return 503, "Login with PASS first."
-        if self.state == self.RENAMING and cmd != "RNTO":
-            self.state, self._rename_from = self.AUTHED, None  # RNFR not followed by RNTO: forgotten
         if cmd == "USER":
             return 503, "Already logged in."
         if cmd == "RNTO" and self.state != self.RENAMING:
