@@ -361,6 +361,17 @@ def test_bad_input_gets_bad_and_the_server_carries_on(store):
     assert [m.raw for m in store.mailbox(USER).messages] == [RAW]
 
 
+def test_oversize_literals_and_lines_are_refused(store, monkeypatch):
+    monkeypatch.setattr(imap, "MAX_LITERAL", 100)
+    s = Session(store).login()
+    assert s(b"a1 APPEND INBOX {101}") == b"a1 NO [TOOBIG] Message too large\r\n"
+    assert s(b"a2 APPEND INBOX {3}") == b"+ Ready for 3 octets of data\r\n"
+    assert s(b"abc") == b"* 1 EXISTS\r\n* 1 RECENT\r\na2 OK APPEND completed\r\n"
+    assert s(b"a3 FETCH " + b"1," * 40000 + b"1 UID") == b"* BYE [TOOBIG] Line too long\r\n"
+    assert s.conn.closed
+    assert [m.raw for m in store.mailbox(USER).messages] == [b"abc"]
+
+
 def test_commands_and_replies_are_journaled(store):
     s = Session(store).login()
     s(b"a1 UID FETCH 1:* FLAGS")

@@ -63,6 +63,9 @@ _MAILBOX_FIRST = {"SELECT", "EXAMINE", "STATUS", "APPEND", "CREATE", "DELETE", "
 #: Messages per reactor turn in a FETCH (the rest go on the next turn, other commands wait).
 FETCH_BATCH = 200
 
+#: The largest literal (an APPEND's message) accepted; a bigger one gets NO [TOOBIG] before "+".
+MAX_LITERAL = 64 * 1024 * 1024
+
 _LITERAL = re.compile(rb"\{(\d+)\}\r\n")
 
 
@@ -182,6 +185,9 @@ class TestbedIMAPServer(IMAP4Server):
 
     faults = NO_FAULTS
     IDENT = b"testbed IMAP4rev1 ready"
+    #: Long enough for the longest UID sets clients send (LineReceiver's default is 16 KiB).
+    MAX_LENGTH = 64 * 1024
+    lost = False
 
     def __init__(self, factory: "IMAPFactory"):
         challengers = {name.encode(): (lambda make=make: make(factory.hostname))
@@ -194,6 +200,7 @@ class TestbedIMAPServer(IMAP4Server):
         self.tap: ResponseTap | None = None
         self._idle_ack = True
         self._tags: dict[bytes, str] = {}
+        self._tag: bytes | None = None
 
     # -- journal ------------------------------------------------------------------
 
@@ -210,6 +217,9 @@ class TestbedIMAPServer(IMAP4Server):
     def dispatchCommand(self, tag, cmd, rest, uid=None):
         # Journal the command as received (LOGIN/AUTHENTICATE without their secrets);
         # a UID command is journaled once, as its verb with uid=True.
+        self._tag = tag
+        if rest is None:
+            rest = b""  # Twisted's argument parsers crash on None: make it "Missing argument"
         if uid is None:
             name = cmd.upper().decode("ascii", "replace")
             fields: dict[str, Any] = {"uid": False}
@@ -292,10 +302,17 @@ class TestbedIMAPServer(IMAP4Server):
 
     def connectionLost(self, reason):
         # Twisted leaves the selected mailbox listening to the store after a disconnect.
+        self.lost = True
         if self.mbox is not None:
             self.mbox.removeListener(self)
             self.mbox = None
         super().connectionLost(reason)
+
+    def lineLengthExceeded(self, line):
+        # LineReceiver would drop the connection without a word.
+        self.journal(ERROR, error="line too long", size=len(line))
+        self.sendLine(b"* BYE [TOOBIG] Line too long")
+        self.transport.loseConnection()
 
     def parse_command(self, line):
         # An exception here would otherwise become an untagged BAD and the client would wait forever.
@@ -541,11 +558,21 @@ class TestbedIMAPServer(IMAP4Server):
             self.sendBadResponse(tag, b"Invalid date-time")
             return
         try:
-            mbox.append(message.read(), [_text(f) for f in flags], when)
+            mbox.append(message.read(), [_text(f) for f in flags or ()], when)
         except ValueError as e:
             self.sendNegativeResponse(tag, b"[CANNOT] " + str(e).encode("utf-8", "replace"))
             return
         self.sendPositiveResponse(tag, b"APPEND completed")
+
+    def arg_literal(self, line):
+        match = re.fullmatch(rb"\{(\d+)\}", line or b"")
+        if match is not None and int(match.group(1)) > MAX_LITERAL:
+            self.sendNegativeResponse(self._tag, b"[TOOBIG] Message too large")
+            return defer.Deferred()  # never fires: the command ends here, the client sends no literal
+        return IMAP4Server.arg_literal(self, line)
+
+    auth_APPEND = select_APPEND = (IMAP4Server.do_APPEND, IMAP4Server.arg_astring, IMAP4Server.opt_plist,
+                                   IMAP4Server.opt_datetime, arg_literal)
 
     def _cbCopySelectedMailbox(self, mbox, tag, messages, mailbox, uid):
         if not mbox:
@@ -581,6 +608,16 @@ class TestbedIMAPServer(IMAP4Server):
 
     # -- FETCH, STORE, SEARCH --------------------------------------------------------------
 
+    def arg_plist(self, line):
+        try:
+            return IMAP4Server.arg_plist(self, line)
+        except imap4.IllegalClientResponse:
+            raise
+        except Exception as e:
+            raise imap4.IllegalClientResponse(f"bad list: {e}") from None
+
+    auth_STATUS = select_STATUS = (IMAP4Server.do_STATUS, IMAP4Server.arg_astring, arg_plist)
+
     def arg_fetchatt(self, line):
         # Twisted's parser raises a bare Exception, which became an untagged BAD.
         try:
@@ -600,6 +637,8 @@ class TestbedIMAPServer(IMAP4Server):
     select_FETCH = (do_FETCH, IMAP4Server.arg_seqset, arg_fetchatt)
 
     def _fetch_batch(self, tag, results, query, uid, start: int) -> None:
+        if self.lost:
+            return
         end = min(start + FETCH_BATCH, len(results))
         for seq, message in results[start:end]:
             self.transport.write(self._fetch_response(seq, message, query, uid))
@@ -688,7 +727,12 @@ class TestbedIMAPServer(IMAP4Server):
             return
         return super().do_STORE(tag, messages, mode, flags, uid=uid)
 
-    select_STORE = (do_STORE, IMAP4Server.arg_seqset, IMAP4Server.arg_atom, IMAP4Server.arg_flaglist)
+    def arg_flaglist(self, line):
+        if not line:
+            raise imap4.IllegalClientResponse("Missing argument")
+        return IMAP4Server.arg_flaglist(self, line)
+
+    select_STORE = (do_STORE, IMAP4Server.arg_seqset, IMAP4Server.arg_atom, arg_flaglist)
 
     def arg_searchkeys(self, line, _prefix=b""):
         # Twisted's parses a literal ({n}) as an empty string; here it is read and quoted in.

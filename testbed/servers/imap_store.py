@@ -357,7 +357,9 @@ def parse_imap_date(text: str) -> float:
     return when.timestamp()
 
 
-def _search_date(token: bytes) -> datetime.date:
+def _search_date(token: Any) -> datetime.date:
+    if not isinstance(token, bytes):
+        raise SearchError("expected a date, got a list")
     match = re.fullmatch(rb'"?(\d{1,2})-([A-Za-z]{3})-(\d{4})"?', token)
     if match is None or match.group(2).decode().lower() not in _MONTH_NUMBER:
         raise SearchError(f"bad date {token!r}")
@@ -797,6 +799,12 @@ class SessionMailbox:
 
 # -- the account, the realm and the checker -------------------------------------------
 
+def _failure(code: str, error: Exception) -> imap4.MailboxException:
+    """A MailboxException with an ASCII text (Twisted encodes some of them with networkString)."""
+    text = str(error).encode("ascii", "backslashreplace").decode("ascii")
+    return imap4.MailboxException(f"{code} {text}")
+
+
 def _name(name: str | bytes) -> str:
     return imap4._parseMbox(name) if isinstance(name, bytes) else name
 
@@ -828,7 +836,7 @@ class Account:
         try:
             self.store.create_mailbox(self.user, _name(pathspec))
         except InvalidNameError as e:
-            raise imap4.MailboxException(f"[CANNOT] {e}") from None
+            raise _failure("[CANNOT]", e) from None
         except ValueError:
             raise imap4.MailboxException("[ALREADYEXISTS] Mailbox already exists") from None
         return True
@@ -841,7 +849,7 @@ class Account:
         try:
             self.store.delete_mailbox(self.user, _name(name))
         except InvalidNameError as e:
-            raise imap4.MailboxException(f"[CANNOT] {e}") from None
+            raise _failure("[CANNOT]", e) from None
         except ValueError:
             raise imap4.MailboxException("[NONEXISTENT] No such mailbox") from None
 
@@ -849,10 +857,10 @@ class Account:
         try:
             self.store.rename_mailbox(self.user, _name(oldname), _name(newname))
         except InvalidNameError as e:
-            raise imap4.MailboxException(f"[CANNOT] {e}") from None
+            raise _failure("[CANNOT]", e) from None
         except ValueError as e:
             code = "[NONEXISTENT]" if "no mailbox" in str(e) else "[ALREADYEXISTS]" if "exists" in str(e) else "[CANNOT]"
-            raise imap4.MailboxException(f"{code} {e}") from None
+            raise _failure(code, e) from None
 
     def isSubscribed(self, name):
         try:
@@ -864,13 +872,13 @@ class Account:
         try:
             self.store.subscribe(self.user, _name(name))
         except InvalidNameError as e:
-            raise imap4.MailboxException(f"[CANNOT] {e}") from None
+            raise _failure("[CANNOT]", e) from None
 
     def unsubscribe(self, name):
         try:
             self.store.unsubscribe(self.user, _name(name))
         except InvalidNameError as e:
-            raise imap4.MailboxException(f"[CANNOT] {e}") from None
+            raise _failure("[CANNOT]", e) from None
 
     def listMailboxes(self, ref, wildcard):
         ref, wildcard = _name(ref), _name(wildcard)
