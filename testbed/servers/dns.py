@@ -128,12 +128,20 @@ class DNSQuery:
     truncated: bool = False
     #: False when no reply left (a drop, a silent wire action).
     sent: bool = True
-    records: tuple = attrs.field(default=(), repr=False, eq=False)
+    #: The response as encoded, before any byte-level fault (kept as bytes: cheap to hold, decoded on demand).
+    wire: bytes = attrs.field(default=b"", repr=False, eq=False)
+
+    @property
+    def message(self) -> dns.Message:
+        """The response (twisted.names Message), decoded from ``wire``."""
+        message = dns.Message()
+        message.fromStr(self.wire)
+        return message
 
     @property
     def answer(self) -> list[str]:
         """The answer section as text records (``"www.example.test. 300 IN A 127.0.0.5"``)."""
-        return [rr_text(rr) for rr in self.records]
+        return [rr_text(rr) for rr in self.message.answers] if self.wire else []
 
 
 class _Exchange:
@@ -263,7 +271,7 @@ class DNSFactory(ZoneServerFactory):
         """DNSServerFactory.messageReceived, except that refused and unimplemented messages get a real
         response (Twisted sends the query back with QR clear) and the exchange rides along on the message."""
         query = message.queries[0] if message.queries else None
-        ex.name = _name_text(query.name).rstrip(".") or "." if query else ""
+        ex.name = (query.name.name.decode("ascii", "backslashreplace").rstrip(".") or ".") if query else ""
         ex.type = _type_name(query.type) if query else ""
         size = UDP_LIMIT
         for rr in message.additional:
@@ -294,6 +302,14 @@ class DNSFactory(ZoneServerFactory):
         if fault is not None and fault.action == "reply":
             rcode = RCODES[fault.param("rcode", "SERVFAIL")]
             self.sendReply(protocol, self._responseFromMessage(message, rCode=rcode), address)
+            return defer.succeed(None)
+        if query.cls in (dns.IN, dns.ANY) and query.type not in (dns.AXFR, dns.IXFR):
+            # The hot path: the ZoneSet answers synchronously, so skip the Deferreds (and the Failure that
+            # IResolver.query builds for every NXDOMAIN and REFUSED); the answer is what gotResolver* sends.
+            rcode, answers, authority, additional = self.zones.lookup(query.name.name, query.type)
+            response = self._responseFromMessage(message, rCode=rcode, answers=answers, authority=authority,
+                                                 additional=additional)
+            self.sendReply(protocol, response, address)
             return defer.succeed(None)
         d = self.zones.query(query)
         d.addCallback(self.gotResolverResponse, protocol, message, address)
@@ -351,7 +367,7 @@ class DNSFactory(ZoneServerFactory):
         self.queries.append(DNSQuery(
             name=ex.name, type=ex.type, transport=ex.transport, rcode=_rcode_name(message.rCode), conn=ex.conn,
             id=message.id, peer=ex.peer, fault=action, truncated=truncated, sent=not silent,
-            records=tuple(message.answers)))
+            wire=data))
         fields = {"rcode": _rcode_name(message.rCode), "answers": len(message.answers), "transport": ex.transport}
         if truncated:
             fields["truncated"] = True
