@@ -306,6 +306,11 @@ def test_append_copy_and_folders(store):
     assert s(b"b3 SUBSCRIBE Play") == b"b3 OK Subscribed\r\n"
     assert s(b'b4 LSUB "" *') == (b'* LSUB (\\HasNoChildren) "/" "INBOX"\r\n* LSUB (\\HasChildren) "/" "Play"\r\n'
                                   b"b4 OK LSUB completed\r\n")
+    assert s(b"b4 UNSUBSCRIBE Play") == b"b4 OK Unsubscribed\r\n"
+    assert s(b"b4 UID COPY 1 Play/Projects") == b"b4 OK COPY completed\r\n"
+    assert [m.raw for m in store.mailbox(USER, "Play/Projects").messages] == [RAW, RAW]
+    assert s(b"b4 CHECK") == b"b4 OK CHECK completed\r\n"
+    assert s(b"b4 NAMESPACE") == b'* NAMESPACE (("" "/")) NIL NIL\r\nb4 OK NAMESPACE command completed\r\n'
     assert s(b"b5 DELETE Play/Projects") == b"b5 OK Mailbox deleted\r\n"
     assert s(b"b6 DELETE Play/Projects") == b"b6 NO [NONEXISTENT] No such mailbox\r\n"
     assert s(b"b7 CREATE INBOX") == b"b7 NO [ALREADYEXISTS] Mailbox already exists\r\n"

@@ -7,7 +7,6 @@ Message parts are cut from the stored bytes, so BODY[...] sections are byte-exac
 
 from __future__ import annotations
 
-import base64
 import datetime
 import email.header
 import email.parser
@@ -205,7 +204,7 @@ def part_of(message: StoredMessage) -> Part:
 
 @implementer(imap4.IMessagePart)
 class MessagePart:
-    """``IMessagePart`` over a ``Part``, what Twisted's BODYSTRUCTURE builder reads."""
+    """Twisted's ``IMessagePart`` over a ``Part`` (sub-parts of an ``IMAPMessage``)."""
 
     def __init__(self, part: Part):
         self.part = part
@@ -953,10 +952,6 @@ class LoginCredentials(imap4.LOGINCredentials):
     def __init__(self):
         super().__init__()
         self.challenges = [b"Password:", b"Username:"]
-
-
-def b64(data: bytes) -> bytes:
-    return base64.b64encode(data)
 
 
 __all__ = ["Account", "IMAPMessage", "MailChecker", "MailRealm", "Part", "SearchError", "SessionMailbox",
