@@ -402,6 +402,8 @@ class ZoneSet(common.ResolverBase):
 
     def _additional(self, zones, answers):
         additional = []
+        if not any(rr.type in _TARGET_ATTRIBUTE for rr in answers):
+            return additional  # the common case (A, AAAA...): no targets, no keys to compute
         present = {(rr.name.name.lower(), rr.type, _record_key(rr.payload)) for rr in answers}
         for rr in answers:
             attribute = _TARGET_ATTRIBUTE.get(rr.type)
