@@ -329,7 +329,7 @@ def test_a_store_reset_does_not_let_an_old_session_free_a_new_lock(bed, store):
 
 def _with_starttls(client: Client) -> list:
     calls = []
-    client.conn.transport.startTLS = calls.append
+    client.conn.transport.startTLS = lambda ctx, normal=True: calls.append(ctx)
     return calls
 
 
