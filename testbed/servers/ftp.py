@@ -285,8 +285,10 @@ class DataProtocol(ftp.DTP):
             transfer.connection_lost(reason)
         d, self._onConnLost = self._onConnLost, None
         if d is not None:
-            # Twisted's DTP calls any close a complete upload; only a clean one is.
-            if reason.check(error.ConnectionDone):
+            # Twisted's DTP calls any close a complete upload; only the client's clean close is
+            # (not one a wire fault made on the way up: close, reset, truncate).
+            up = getattr(self.transport, "up", None)
+            if reason.check(error.ConnectionDone) and not (up is not None and up.black_hole):
                 d.callback(None)
             else:
                 d.errback(reason)
