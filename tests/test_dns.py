@@ -10,13 +10,17 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
-from twisted.internet.testing import FakeDatagramTransport
+from twisted.internet.testing import FakeDatagramTransport, MemoryReactor, _FakePort
 from twisted.names import dns as tdns
 
 from testbed import testing
+from testbed.config import ScenarioError
 from testbed.faults.engine import FaultEngine
 from testbed.faults.udp import FaultingDatagramProtocol
+from testbed.harness import Testbed
 from testbed.journal import COMMAND, ERROR, REPLY, Journal
 from testbed.servers.dns import DNSDatagram, DNSFactory, rr_text
 from testbed.servers.dns_records import ZoneSet
@@ -594,3 +598,84 @@ def test_twisteds_own_messages_still_pass_through_send_reply():
     m.timeReceived = 0
     rig.factory.sendReply(Proto(), m, None)
     assert sent == [m]
+
+
+# -- the server: binding both transports, reset, runtime records ------------------------------
+
+
+class PortReactor(MemoryReactor):
+    """A MemoryReactor that hands out port numbers and refuses UDP on the numbers in ``udp_taken``."""
+
+    def __init__(self, udp_taken=()):
+        super().__init__()
+        self.udp_taken = set(udp_taken)
+        self.next_port = 40000
+        self.udp = []
+        self.stopped = []
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        if port == 0:
+            self.next_port += 1
+            port = self.next_port
+        fake = super().listenTCP(port, factory, backlog, interface)
+        fake.stopListening = lambda: self.stopped.append(port)
+        return fake
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        if port in self.udp_taken:
+            raise CannotListenError(interface, port, OSError("address in use"))
+        self.udp.append((port, protocol, interface))
+        return _FakePort(IPv4Address("UDP", interface, port))
+
+
+def start_bed(reactor, dns_config):
+    bed = Testbed({"servers": {"http": {"enabled": False}, "dns": dict(enabled=True, **dns_config)}}, reactor=reactor)
+    failures = []
+    bed.start().addErrback(failures.append)
+    return bed, failures
+
+
+def test_udp_binds_on_the_tcp_port_number_retrying_when_it_is_taken():
+    reactor = PortReactor(udp_taken={40001, 40002})
+    bed, failures = start_bed(reactor, {})
+    assert failures == []
+    server = bed["dns"]
+    assert reactor.stopped == [40001, 40002]
+    assert [(port, interface) for port, _, interface in reactor.udp] == [(40003, "127.0.0.1")]
+    assert [(l.label, l.number) for l in server.listeners] == [("dns", 40003), ("udp", 40003)]
+    assert server.port == 40003
+
+
+def test_a_fixed_port_taken_on_udp_fails_the_start():
+    reactor = PortReactor(udp_taken={1053})
+    bed, failures = start_bed(reactor, {"listen": "tcp:1053:interface=127.0.0.1"})
+    (failure,) = failures
+    assert failure.check(CannotListenError)
+
+
+def test_bad_records_are_a_scenario_error_naming_the_record():
+    bed, failures = start_bed(PortReactor(), {"records": {"x.test": {"A": "not-an-address"}}})
+    (failure,) = failures
+    assert failure.check(ScenarioError) and "servers.dns" in str(failure.value) and "x.test" in str(failure.value)
+
+
+def test_reset_forgets_queries_and_runtime_records_but_keeps_the_scenarios():
+    reactor = PortReactor()
+    bed, _ = start_bed(reactor, {"records": RECORDS})
+    server = bed["dns"]
+    server.add_record("new.example.test", "A", "192.0.2.7")
+    assert server.zones.lookup("new.example.test", "A")[1]
+    assert server.remove_record("www.example.test", "AAAA") == 1
+    (_, udp, _), = reactor.udp
+    udp.datagramReceived(query("new.example.test"), PEER)
+    assert [q.name for q in server.queries] == ["new.example.test"]
+    stored = [e for e in server.journal if e["kind"] == "stored"]
+    assert [(e["record"], e["name"]) for e in stored] == [("add", "new.example.test"), ("remove", "www.example.test")]
+    bed.reset()
+    assert server.queries == []
+    assert server.zones.lookup("new.example.test", "A")[0] == tdns.ENAME
+    assert server.zones.lookup("www.example.test", "AAAA")[1]
+    before = server.zones
+    bed.reset()
+    assert server.zones is before  # nothing changed: no rebuild
+
