@@ -3,7 +3,6 @@
 
 import struct
 
-import dns.edns
 import dns.flags
 import dns.message
 import dns.opcode

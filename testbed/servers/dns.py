@@ -3,6 +3,9 @@
 Every query is recorded (``server.queries``) and journaled; at the ``query``
 stage the fault engine may answer with an rcode, drop, delay, duplicate or
 corrupt the reply, or malform it (TC bit, wrong id, question, name, TTL...).
+Stages: ``connect`` takes wire actions on a TCP connection ("truncate" there
+is the wire one), ``datagram`` the datagram actions on UDP, ``query`` the DNS
+actions; a DNS action at another stage does nothing.
 
 Twisted 26.10 quirks handled here: a decoded query has ``maxSize = 0``, so
 ``DNSServerFactory`` never truncates a UDP answer (it would cut the body
@@ -420,7 +423,7 @@ class DNSFactory(ZoneServerFactory):
             apply_datagram_fault(fault, data, send, self.clock)
         elif action == "garbage":
             size = min(int(fault.rule.params.get("bytes", 64)), 0xFFFF if tcp else _MAX_DATAGRAM)
-            send(bytes(fault.rng.getrandbits(8) for _ in range(size)))
+            send(fault.rng.randbytes(size))
         elif action in ("tcp_length_only", "tcp_partial"):
             size = len(data) // 2 if "bytes" not in fault.rule.params else int(fault.param("bytes"))
             prefix = struct.pack("!H", len(data))
@@ -470,7 +473,8 @@ class DNSServer(Server):
             return ZoneSet(records=config.records, zone_files=[scenario.path(p) for p in config.zone_files],
                            default_ttl=config.ttl)
         except ValueError as e:
-            raise ScenarioError(scenario.source, f"servers.{self.name}", f"valid records and zone files ({e})") from None
+            raise ScenarioError(scenario.source, f"servers.{self.name}",
+                                f"valid records and zone files ({e})") from None
 
     @defer.inlineCallbacks
     def start(self):
