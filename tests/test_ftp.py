@@ -271,8 +271,15 @@ def test_feat_lists_what_is_supported():
 
 def test_catalog_stages_are_exactly_the_commands():
     assert PROTOCOLS["ftp"].stages == COMMANDS | {"connect", "data"}
+    import inspect
+
     for command in COMMANDS:
-        assert hasattr(FTPProtocol, "ftp_" + command), command
+        signature = inspect.signature(getattr(FTPProtocol, "ftp_" + command))
+        arity = len(signature.parameters) - 1  # self
+        if command in ftp_server.NO_ARGUMENT:
+            assert arity == 0, command
+        else:
+            assert arity >= 1, command  # the argument (optional ones have a default)
 
 
 def test_opts_syst_type_stru_mode():
@@ -776,6 +783,69 @@ def test_stalled_download_never_completes():
     assert s.conn.sent() == b"426 Connection closed; transfer aborted.\r\n"
 
 
+def test_delayed_download():
+    s = Session({"server": "ftp", "on": "data", "action": "delay", "seconds": 2.0})
+    s.login()
+    data = s.pasv()
+    s.cmd("RETR pub/readme.txt")
+    assert data.pump() == b""
+    s.reactor.advance(1.9)
+    assert data.transport.value() == b""
+    s.reactor.advance(0.2)
+    assert data.transport.value() == b"hello world\n" and data.closed
+    data.close()
+    assert s.conn.sent() == b"226 Transfer complete.\r\n"
+
+
+def test_corrupted_download_still_ends_with_226():
+    s = Session({"server": "ftp", "on": "data", "action": "corrupt", "rate": 1.0})
+    s.login()
+    data = s.pasv()
+    s.cmd("RETR pub/readme.txt")
+    got = data.pump()
+    assert len(got) == 12 and all(a != b for a, b in zip(got, b"hello world\n"))
+    data.close()
+    assert s.conn.sent() == b"226 Transfer complete.\r\n"
+
+
+def test_sliced_download():
+    s = Session({"server": "ftp", "on": "data", "action": "slice", "size": 40, "interval": 0.1,
+                 "match": {"command": "RETR", "path": "/pub/data.bin"}})
+    s.login()
+    data = s.pasv()
+    s.cmd("RETR pub/data.bin")
+    assert len(data.pump()) == 40
+    s.reactor.advance(0.1)
+    assert len(data.transport.value()) == 80
+    s.reactor.pump([0.1] * 2)
+    assert data.transport.value() == b"0123456789" * 10 and data.closed
+
+
+def test_truncated_download_holds_like_a_stall():
+    s = Session({"server": "ftp", "on": "data", "action": "truncate", "bytes": 30})
+    s.login()
+    data = s.pasv()
+    s.cmd("RETR pub/data.bin")
+    assert data.pump() == (b"0123456789" * 3)
+    assert not data.closed and s.conn.sent() == b""
+
+
+def test_control_stalled_at_retr_hides_150_and_226():
+    s = Session({"server": "ftp", "on": "RETR", "action": "stall"})
+    s.login()
+    data = s.pasv()
+    assert s.cmd("RETR pub/readme.txt") == b""
+    assert data.pump() == b"hello world\n"  # the data connection is not stalled
+    data.close()
+    assert s.conn.sent() == b""
+    assert [e["code"] for e in s.events(REPLY)][-2:] == [150, 226]  # the server did answer
+
+
+def test_refused_connection():
+    s = Session({"server": "ftp", "on": "connect", "action": "refuse"})
+    assert s.greeting == b"" and s.conn.closed
+
+
 def test_wire_fault_at_a_command_hits_the_control_connection():
     s = Session({"server": "ftp", "on": "SIZE", "action": "close"})
     s.login()
@@ -905,6 +975,32 @@ def test_nul_in_a_path():
     s.login()
     assert s.cmd(b"SIZE a\x00b") == b"550 a\\0b: Permission denied.\r\n"
     assert s.events(ERROR)[0]["reason"] == "nul-byte"
+
+
+def test_seeded_fuzz_never_breaks_the_server():
+    import random
+
+    rng = random.Random(1234)
+    words = sorted(COMMANDS - {"QUIT"}) + ["XYZ", "", "retr", "Stor"]
+    args = ["", " ", "..", "../..", "/", "pub", "pub/readme.txt", "*", "-la", "\\..\\", "%2e%2e", "a" * 300,
+            "127,0,0,1,200,10", "|1|127.0.0.1|50000|", "|2|::1|50000|", "P", "TLS", "I", "A N", "0", "-1",
+            "99999999999999999999", "\udcff", "x\x00y", "UTF8 ON", "MLST size;"]
+    for _ in range(20):
+        s = Session(tls=True)
+        s.conn.transport.startTLS = lambda options, normal=True: None
+        s.login()
+        for _ in range(40):
+            line = f"{rng.choice(words)} {rng.choice(args)}".rstrip(" ") if rng.random() < 0.9 else rng.choice(args)
+            s.conn.send(line.encode("utf-8", "surrogateescape") + b"\r\n")
+            if s.reactor.tcpClients:  # an active connection attempt: let it fail
+                _, _, factory, _, _ = s.reactor.tcpClients.pop()
+                factory.clientConnectionFailed(None, Failure(error.ConnectionRefusedError()))
+            s.reactor.advance(11)  # data connections that never come time out
+            if s.conn.closed:
+                break
+        assert not [e for e in s.events(ERROR) if e["error"] == "internal error"]
+        commands, replied = len(s.events(COMMAND)), len(s.events(REPLY))
+        assert replied >= commands  # every command was answered (the greeting is one more)
 
 
 # -- the control connection's life -------------------------------------------------------------------------

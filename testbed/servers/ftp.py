@@ -45,6 +45,8 @@ NEEDS_ARGUMENT = frozenset({
     "USER", "AUTH", "PBSZ", "PROT", "OPTS", "CWD", "TYPE", "STRU", "MODE", "PORT", "EPRT",
     "RETR", "STOR", "APPE", "REST", "SIZE", "MDTM", "DELE", "MKD", "RMD", "RNFR", "RNTO",
 })
+#: Commands that take no argument: one given is ignored.
+NO_ARGUMENT = frozenset({"FEAT", "SYST", "NOOP", "QUIT", "PWD", "CDUP", "PASV", "ABOR"})
 DOWNLOADS = frozenset({"RETR", "LIST", "NLST", "MLSD"})
 TRANSFERS = DOWNLOADS | {"STOR", "APPE"}
 #: Where each protocol fault action other than ``reply`` and ``silence`` applies.
@@ -329,6 +331,17 @@ class DataFactory(ftp.DTPFactory):
             self._fire(d)
         return d
 
+    # Twisted's versions log a line each (four per transfer in twistd's log).
+    def setTimeout(self, seconds):
+        self.delayedCall = self._reactor.callLater(seconds, self.timeoutFactory)
+
+    def cancelTimeout(self):
+        if self.delayedCall is not None and self.delayedCall.active():
+            self.delayedCall.cancel()
+
+    def stopFactory(self):
+        self.cancelTimeout()
+
     def buildProtocol(self, addr):
         if self._state is not self._IN_PROGRESS:
             return None
@@ -484,11 +497,6 @@ class _ASCIIUpload:
 # -- the protocol interpreter --------------------------------------------------------------------
 
 
-def _twisted_reply(key: str, *args: Any) -> tuple[int, str]:
-    line = ftp.RESPONSE[key] % args
-    return int(line[:3]), line[4:]
-
-
 class FTPProtocol(ftp.FTP):
     """Twisted's FTP server protocol with the testbed's commands, faults and journal.
 
@@ -623,6 +631,8 @@ class FTPProtocol(ftp.FTP):
             return refused
         if cmd in NEEDS_ARGUMENT and not (params and params[0].strip()):
             return 501, f"Syntax error: {cmd} needs an argument."
+        if cmd in NO_ARGUMENT:
+            params = ()
         self._fault = None
         fault = self.faults.at(cmd, **self._attributes(cmd, params))
         if fault is not None and not fault.wire:
