@@ -1022,3 +1022,12 @@ def test_idle_timeout_uses_the_factory_reactor():
     assert not s.conn.closed
     s.reactor.advance(2)
     assert s.conn.closed
+
+
+def test_require_tls_without_tls_is_refused_at_start():
+    from testbed.harness import Testbed
+
+    bed = Testbed({"servers": {"http": {"enabled": False},
+                               "ftp": {"enabled": True, "tls": "none", "require_tls": True}}})
+    with pytest.raises(ValueError, match="require_tls needs tls"):
+        ftp_server.FTPServer(bed, "ftp", bed.scenario.servers.ftp)
