@@ -1454,10 +1454,10 @@ class FTPServer(Server):
             self.shell, users=dict(self.bed.scenario.users), anonymous=config.anonymous,
             tls_options=self.bed.tls.options if config.tls == "starttls" else None,
             require_tls=config.require_tls, passive_ports=config.passive_ports, reactor=self.bed.reactor,
-            on_upload=self.uploads_append)
+            on_upload=self._record_upload)
         yield self.listen(config.listen, self.factory, "ftp")
 
-    def uploads_append(self, upload: FTPUpload) -> None:
+    def _record_upload(self, upload: FTPUpload) -> None:
         self.uploads.append(upload)
 
     def reset(self) -> None:
