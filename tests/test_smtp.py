@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import random
 
 import pytest
 from twisted.internet.task import Clock
@@ -145,6 +146,33 @@ def test_message_is_parsed_and_dot_unstuffed():
     assert m.raw == MESSAGE + b".\r\n"
     assert m.message["Subject"] == "hi"
     assert m.message.get_content() == "body line\r\n.\r\n"
+
+
+def test_the_body_split_anywhere_gives_the_same_bytes():
+    body = b".starts with a dot\r\nline\r\n\r\n..\r\nx.\r\n.\r\r\n\rend\r\n"
+    stuffed = b"." + body.replace(b"\r\n.", b"\r\n..") + b".\r\nNOOP\r\n"
+    chunkings = [[stuffed[i:i + 1] for i in range(len(stuffed))]]  # byte by byte
+    rng = random.Random(7)
+    for _ in range(50):
+        cuts = sorted(rng.sample(range(1, len(stuffed)), rng.randrange(1, 8)))
+        chunkings.append([stuffed[a:b] for a, b in zip([0] + cuts, cuts + [len(stuffed)])])
+    for chunks in chunkings:
+        s = Session()
+        s.ehlo()
+        s.envelope()
+        assert s.cmd(b"DATA") == b"354 Continue\r\n"
+        replies = b"".join(s.send(chunk) for chunk in chunks)
+        assert replies == b"250 2.0.0 Delivery in progress\r\n250 2.0.0 Ok\r\n"
+        assert [m.raw for m in s.messages] == [body]
+
+
+def test_a_client_that_sends_the_body_with_the_data_command():
+    s = Session()
+    s.ehlo()
+    replies = s.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n" + MESSAGE + b".\r\nQUIT\r\n")
+    assert replies == (b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n354 Continue\r\n"
+                       b"250 2.0.0 Delivery in progress\r\n221 2.0.0 Bye\r\n")
+    assert s.messages[0].raw == MESSAGE
 
 
 def test_empty_message_and_pipelined_transactions():
@@ -651,3 +679,21 @@ def test_faults_are_journaled_with_their_stage():
     [fault] = s.conn.journal.faults("smtp")
     assert (fault["on"], fault["action"], fault["attributes"]["rcpt"]) == ("RCPT", "reply", "alice@example.test")
     assert s.events("reply")[-1]["code"] == 550
+
+
+def test_random_garbage_never_escapes_as_an_exception():
+    """Seeded noise from SMTP words and bytes: every line gets a reply or is part of a body; nothing raises."""
+    words = [b"EHLO", b"HELO", b"MAIL FROM:", b"RCPT TO:", b"DATA", b"RSET", b"NOOP", b"VRFY", b"QUIT", b"AUTH",
+             b"AUTH PLAIN", b"AUTH LOGIN", b"AUTH CRAM-MD5", b"STARTTLS", b".", b"", b"*", b"<>", b"<a@b>",
+             b"\xff\xfe", b"\x00", b"SIZE=99999999999999999999999", b'<"q"@x>', b"@@", b"<a@b.test> SIZE=10",
+             b"BODY=8BITMIME", b"AGFsaWNlAHNlY3JldA==", b"\xc3\xa9@x.test"]
+    rng = random.Random(1234)
+    for _ in range(100):
+        s = Session(tls="starttls", max_message_size=200, max_recipients=3)
+        s.allow_starttls()
+        for _ in range(60):
+            line = b" ".join(rng.choice(words) for _ in range(rng.randrange(1, 4)))
+            if rng.random() < 0.1:
+                line += bytes(rng.randrange(256) for _ in range(rng.randrange(10)))
+            s.conn.send(line + rng.choice([b"\r\n", b"\r\n", b"\n", b"\r\n\r\n"]))
+        assert s.events("error") == []

@@ -7,13 +7,14 @@ ENHANCEDSTATUSCODES, STARTTLS), the limits, the journal and the fault stages.
 Twisted quirks worked around here (Twisted 26.10):
 
 - ``SMTP.noisy`` logs a line per message: off.
-- ``dataLineReceived`` feeds an empty line to the messages before a first body
-  line without a colon (room for its Received: header): the stored bytes must
-  be the client's, so the header/body guess is switched off after the 354.
+- The message text is not fed through ``dataLineReceived`` line by line (the
+  hot path, and it slips an empty line in before a first body line without a
+  colon, as room for a Received: header): ``dataReceived`` finds the final dot
+  and unstuffs in bulk, hands the text to the IMessage, then lets Twisted's
+  ``dataLineReceived(b".")`` finish (eomReceived, the reply).
 - ``LineOnlyReceiver`` drops the rest of a chunk after an over-long line and
   ``SMTP.lineLengthExceeded`` then reads the rest of a message body as
-  commands; ``dataReceived`` here frames lines itself, answers 500 (command) or
-  552 (message) and keeps going.
+  commands; commands are framed here too: 500 for a long one, and on we go.
 - Lines pipelined after STARTTLS in the same chunk would be run as commands
   once TLS is up (the CVE-2011-0411 injection): they are discarded.
 - A malformed AUTH response (PLAIN without two NULs, CRAM-MD5 without a space)
@@ -160,7 +161,7 @@ class SMTPMessage:
 
 @implementer(smtp.IMessage)
 class _Collector:
-    """The IMessage of a transaction: gathers the lines once, whatever the number of recipients."""
+    """The IMessage of a transaction: gathers the text once, whatever the number of recipients."""
 
     __slots__ = ("protocol", "lines", "size", "limit")
 
@@ -171,14 +172,18 @@ class _Collector:
         self.limit = limit
 
     def lineReceived(self, line: bytes) -> None:
-        self.size += len(line) + 2
+        self.write(line + b"\r\n")
+
+    def write(self, data: bytes) -> None:
+        """Message text in bulk: whole lines, dot-unstuffed (what the protocol's body path gives)."""
+        self.size += len(data)
         if self.limit and self.size > self.limit:
             raise smtp.SMTPServerError(552, b"5.3.4 Message size exceeds fixed maximum message size")
-        self.lines.append(line)
+        self.lines.append(data)
 
     def eomReceived(self):
-        lines, self.lines = self.lines, None
-        return self.protocol._end_of_message(b"\r\n".join(lines) + b"\r\n" if lines else b"")
+        parts, self.lines = self.lines, None
+        return self.protocol._end_of_message(b"".join(parts))
 
     def connectionLost(self) -> None:
         self.lines = None
@@ -201,6 +206,19 @@ class _Passenger:
 
 
 _PASSENGER = _Passenger()
+
+
+class _Recipient:
+    """What ``validateTo`` gives Twisted for an accepted recipient: makes its IMessage, knows its address."""
+
+    __slots__ = ("protocol", "rcpt")
+
+    def __init__(self, protocol: "TestbedSMTP", rcpt: str):
+        self.protocol = protocol
+        self.rcpt = rcpt
+
+    def __call__(self):
+        return self.protocol._new_message()
 
 
 @implementer(IMessageDelivery)
@@ -295,6 +313,10 @@ class TestbedSMTP(smtp.ESMTP):
         self._rejecting = False
         self._halt = False
         self._overflow = False
+        self._helo_seen = self._helo_text = None
+        self._mail_from = ""
+        self._line_start = True
+        self._body_limit = max(factory.config.max_message_size, self.MAX_LENGTH) if factory.config.max_message_size else 1 << 62
         self._declared_size: int | None = None
         self._mechanism = ""
         self._envelope: tuple[str, list[str]] | None = None
@@ -306,8 +328,17 @@ class TestbedSMTP(smtp.ESMTP):
     def auth_user(self) -> str | None:
         return self.delivery.user if self.delivery is not None else None
 
+    @property
+    def helo(self) -> str:
+        """The HELO/EHLO argument as text ("" before one)."""
+        helo = self._helo
+        if helo is not self._helo_seen:
+            self._helo_seen = helo
+            self._helo_text = _text(helo[0]) if helo else ""
+        return self._helo_text
+
     def _attributes(self, **extra: Any) -> dict:
-        attributes = {"helo": _text(self._helo[0]) if self._helo else "", "user": self.auth_user, "tls": self.tls}
+        attributes = {"helo": self.helo, "user": self.auth_user, "tls": self.tls}
         attributes.update(extra)
         return attributes
 
@@ -353,48 +384,95 @@ class TestbedSMTP(smtp.ESMTP):
             return
         self._halt = False
         if self._buffer:
-            data = self._buffer + data
+            data, self._buffer = self._buffer + data, b""
+        while data:
+            data = self._body(data) if self.mode == smtp.DATA else self._lines(data)
+
+    def _lines(self, data: bytes) -> bytes:
+        """Commands (and AUTH responses), a line at a time; returns the bytes after a DATA command's line."""
         lines = data.split(b"\r\n")
-        self._buffer = lines.pop()
+        tail = lines.pop()
         transport = self.transport
-        for line in lines:
+        for i, line in enumerate(lines):
             if transport.disconnecting or self._halt or self._silenced:
-                self._buffer = b""
-                return
+                return b""
             if self._overflow:  # the end of a line already refused as too long
                 self._overflow = False
                 continue
-            if len(line) > self.MAX_LENGTH and len(line) > self._limit():
+            if len(line) > self.MAX_LENGTH:
                 self._line_too_long()
                 continue
             try:
                 self.lineReceived(line)
             except Exception as e:
                 self._internal_error(e)
+            if self.mode == smtp.DATA:  # the rest of the chunk is message body
+                rest = lines[i + 1:]
+                return b"\r\n".join(rest) + b"\r\n" + tail if rest else tail
         if self._halt or self._silenced:
-            self._buffer = b""
-        elif len(self._buffer) > self._limit():
-            self._buffer = b""
+            return b""
+        if len(tail) > self.MAX_LENGTH:
             self._line_too_long()
             self._overflow = True
-
-    def _limit(self) -> int:
-        if self.mode == smtp.DATA:
-            return max(self.config.max_message_size, self.MAX_LENGTH) or (1 << 62)
-        return self.MAX_LENGTH
+        else:
+            self._buffer = tail
+        return b""
 
     def _line_too_long(self) -> None:
-        if self.mode == smtp.DATA:
-            if not self.datafailed:
-                self.datafailed = smtp.SMTPServerError(552, b"5.3.4 Message size exceeds fixed maximum message size")
-                if self._collector is not None:
-                    self._collector.connectionLost()
-            return
         if self.mode == smtp.AUTH:
             self.mode = smtp.COMMAND
             self.challenger = None
         self.faults.record(ERROR, error="line too long")
         self.sendCode(500, b"5.5.6 Line too long")
+
+    def _body(self, data: bytes) -> bytes:
+        """Message text after the 354, in bulk rather than line by line: up to the final dot.
+
+        ``data`` starts at the start of a line when ``_line_start``. Complete lines go
+        to the collector dot-unstuffed; a partial last line waits in ``_buffer``.
+        Returns what follows the final dot (commands again), or b"".
+        """
+        self.resetTimeout()
+        if self._line_start and data[:3] == b".\r\n":
+            dot = 0
+        else:
+            dot = data.find(b"\r\n.\r\n")
+            if dot >= 0:
+                dot += 2
+        if dot >= 0:
+            self._body_part(data[:dot])
+            self._line_start = True
+            self.dataLineReceived(b".")  # Twisted's end of DATA: eomReceived, then the reply
+            return data[dot + 3:]
+        cut = data.rfind(b"\r\n") + 2  # complete lines end here; 1 when there are none
+        if cut > 1:
+            self._body_part(data[:cut])
+            self._line_start = True
+            data = data[cut:]
+        else:
+            self._line_start = self._line_start and data[:1] == b"."
+        if len(data) > self._body_limit:  # one line longer than a whole message: keep only its last byte
+            self._body_failed()
+            self._line_start = False
+            data = data[-1:]
+        self._buffer = data
+        return b""
+
+    def _body_part(self, part: bytes) -> None:
+        if not part or self.datafailed:
+            return
+        if part[:1] == b"." or b"\r\n." in part:
+            part = (b"\r\n" + part).replace(b"\r\n.", b"\r\n")[2:]
+        try:
+            self._collector.write(part)
+        except smtp.SMTPServerError:
+            self._body_failed()
+
+    def _body_failed(self) -> None:
+        if not self.datafailed:
+            self.datafailed = smtp.SMTPServerError(552, b"5.3.4 Message size exceeds fixed maximum message size")
+            if self._collector is not None:
+                self._collector.connectionLost()
 
     def _internal_error(self, error: Exception) -> None:
         self.faults.record(ERROR, error=f"{type(error).__name__}: {error}")
@@ -440,16 +518,18 @@ class TestbedSMTP(smtp.ESMTP):
         """One reply in one write, with an enhanced status code when it has none, journaled."""
         if isinstance(message, str):
             message = message.encode("utf-8")
-        if not raw and code not in _NO_ENHANCED and not _ENHANCED.match(message):
+        if not raw and code not in _NO_ENHANCED and (message[1:2] != b"." or not _ENHANCED.match(message)):
             prefix = _ENHANCED_FOR.get(code) or b"%d.0.0" % (code // 100)
             message = prefix + b" " + message if message else prefix
-        lines = message.splitlines() or [b""]
-        if len(lines) == 1:
-            out = b"%d %s\r\n" % (code, lines[0])
-        else:
+        if b"\n" in message or b"\r" in message:
+            lines = message.splitlines() or [b""]
+            first = lines[0]
             out = b"".join(b"%d-%s\r\n" % (code, l) for l in lines[:-1]) + b"%d %s\r\n" % (code, lines[-1])
+        else:
+            first = message
+            out = b"%d %s\r\n" % (code, message)
         self.transport.write(out)
-        self.faults.record(REPLY, code=code, message=lines[0].decode("utf-8", "replace"))
+        self.faults.record(REPLY, code=code, message=first.decode("utf-8", "replace"))
 
     # -- connect -----------------------------------------------------------------------------
 
@@ -582,7 +662,7 @@ class TestbedSMTP(smtp.ESMTP):
         self._internal_error(failure.value)
 
     def _validate_from(self, origin):
-        mail_from = _text(origin)
+        self._mail_from = mail_from = _text(origin)
         size = self._declared_size
         fault = self.faults.at("MAIL", **self._attributes(mail_from=mail_from, size=size))
         if self._fault_handled(fault, "MAIL"):
@@ -594,14 +674,14 @@ class TestbedSMTP(smtp.ESMTP):
 
     def _validate_to(self, user):
         rcpt = _text(user.dest)
-        fault = self.faults.at("RCPT", **self._attributes(rcpt=rcpt, mail_from=_text(self._from)))
+        fault = self.faults.at("RCPT", **self._attributes(rcpt=rcpt, mail_from=self._mail_from))
         if self._fault_handled(fault, "RCPT"):
             return defer.Deferred()
         if len(self._to) >= self.config.max_recipients:
             raise smtp.SMTPServerError(452, "4.5.3 Too many recipients")
         if self.factory.mail.resolve_recipient(rcpt) is None:
             raise smtp.SMTPServerError(550, f"5.1.1 <{rcpt}>: Recipient address rejected: User unknown")
-        return self._new_message
+        return _Recipient(self, rcpt)
 
     def _new_message(self):
         if self._collector is None:
@@ -613,8 +693,8 @@ class TestbedSMTP(smtp.ESMTP):
         if self._from is None or not self._to:
             super().do_DATA(rest)  # 503
             return
-        mail_from = _text(self._from)
-        rcpts = [_text(user.dest) for user, _ in self._to]
+        mail_from = self._mail_from
+        rcpts = [recipient.rcpt for _, recipient in self._to]
         fault = self._decide("DATA", self._attributes(mail_from=mail_from, rcpt=rcpts))
         if self._fault_handled(fault, "DATA"):
             # The transaction ends: smtplib sends no RSET after a refused DATA.
@@ -623,9 +703,8 @@ class TestbedSMTP(smtp.ESMTP):
             return
         self._envelope = (mail_from, rcpts)
         self._collector = None
+        self._line_start = True
         super().do_DATA(rest)
-        if self.mode == smtp.DATA:
-            self._SMTP__inbody = 1  # no guessing at headers: no empty line slipped in before the body
         if fault is not None:
             self.faults.apply(fault)  # a wire action at DATA acts after the 354
 
@@ -668,7 +747,7 @@ class TestbedSMTP(smtp.ESMTP):
         if not delivered:
             return False
         message = SMTPMessage(mail_from, delivered, raw, self.faults.conn, self.tls, self.auth_user,
-                              _text(self._helo[0]) if self._helo else "")
+                              self.helo)
         self.factory.messages.append(message)
         self.faults.record(STORED, mail_from=mail_from, rcpt=delivered, size=len(raw))
         return True
