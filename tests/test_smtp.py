@@ -166,6 +166,22 @@ def test_the_body_split_anywhere_gives_the_same_bytes():
         assert [m.raw for m in s.messages] == [body]
 
 
+def test_lines_longer_than_a_command_line_pass_whole_however_split():
+    long_line = b"".join(b"%05d." % i for i in range(8000))  # 48,000 bytes, a dot every 6
+    body = b"head\r\n" + long_line + b"\r\n." + long_line[:20000] + b"\r\n"
+    stuffed = body.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+    rng = random.Random(3)
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(1, len(stuffed)), 12) + [stuffed.index(b"\r\n..") + 2, len(stuffed) - 4])
+        chunks = [stuffed[a:b] for a, b in zip([0] + cuts, cuts + [len(stuffed)])]
+        s = Session(max_message_size=200000)
+        s.ehlo()
+        s.envelope()
+        s.cmd(b"DATA")
+        assert b"".join(s.send(chunk) for chunk in chunks) == b"250 2.0.0 Delivery in progress\r\n"
+        assert s.messages[0].raw == body
+
+
 def test_a_client_that_sends_the_body_with_the_data_command():
     s = Session()
     s.ehlo()

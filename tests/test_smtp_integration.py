@@ -61,6 +61,14 @@ def test_smtplib_plain_arrives_byte_for_byte_in_the_inbox(smtp_server, testbed):
     assert {"command", "reply", "stored"} <= set(kinds)
 
 
+def test_a_large_8bit_message_with_long_lines_arrives_intact(smtp_server):
+    line = bytes(range(128, 256)) * 200 + b".x"  # 25,602 bytes of 8-bit text
+    raw = message("big") + b"".join(b".%d%s\r\n" % (i, line) for i in range(80))  # about 2 MB
+    with client(smtp_server) as smtp:
+        smtp.sendmail("a@example.test", ["alice@example.test"], raw)
+    assert smtp_server.wait_for()[0].raw == raw
+
+
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN", "CRAM-MD5"])
 def test_smtplib_starttls_verified_then_auth(smtp_server, tls_context, mechanism):
     with client(smtp_server) as smtp:

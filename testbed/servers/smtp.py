@@ -297,7 +297,7 @@ class TestbedSMTP(smtp.ESMTP):
 
     noisy = False
     faults = NO_FAULTS
-    #: Longest command or AUTH line; a DATA line may be as long as the message limit.
+    #: Longest command or AUTH line (message text is limited by size only).
     MAX_LENGTH = 16384
 
     def __init__(self, factory: "SMTPFactory"):
@@ -316,7 +316,6 @@ class TestbedSMTP(smtp.ESMTP):
         self._helo_seen = self._helo_text = None
         self._mail_from = ""
         self._line_start = True
-        self._body_limit = max(factory.config.max_message_size, self.MAX_LENGTH) if factory.config.max_message_size else 1 << 62
         self._declared_size: int | None = None
         self._mechanism = ""
         self._envelope: tuple[str, list[str]] | None = None
@@ -428,8 +427,9 @@ class TestbedSMTP(smtp.ESMTP):
     def _body(self, data: bytes) -> bytes:
         """Message text after the 354, in bulk rather than line by line: up to the final dot.
 
-        ``data`` starts at the start of a line when ``_line_start``. Complete lines go
-        to the collector dot-unstuffed; a partial last line waits in ``_buffer``.
+        ``data`` starts at the start of a line when ``_line_start``; what is passed on
+        to the collector is dot-unstuffed; a partial last line waits in ``_buffer``
+        (a long one only by its last byte, which may be the CR of the final CRLF).
         Returns what follows the final dot (commands again), or b"".
         """
         self.resetTimeout()
@@ -444,25 +444,26 @@ class TestbedSMTP(smtp.ESMTP):
             self._line_start = True
             self.dataLineReceived(b".")  # Twisted's end of DATA: eomReceived, then the reply
             return data[dot + 3:]
-        cut = data.rfind(b"\r\n") + 2  # complete lines end here; 1 when there are none
+        cut = data.rfind(b"\r\n") + 2  # complete lines end here (1: there are none)
         if cut > 1:
             self._body_part(data[:cut])
             self._line_start = True
             data = data[cut:]
-        else:
-            self._line_start = self._line_start and data[:1] == b"."
-        if len(data) > self._body_limit:  # one line longer than a whole message: keep only its last byte
-            self._body_failed()
+        if len(data) > self.MAX_LENGTH:
+            self._body_part(data[:-1])
             self._line_start = False
             data = data[-1:]
         self._buffer = data
         return b""
 
     def _body_part(self, part: bytes) -> None:
+        """Pass text on to the collector, dot-unstuffed; ``_line_start`` says whether ``part`` starts a line."""
         if not part or self.datafailed:
             return
-        if part[:1] == b"." or b"\r\n." in part:
-            part = (b"\r\n" + part).replace(b"\r\n.", b"\r\n")[2:]
+        if self._line_start and part[:1] == b".":
+            part = part[1:]
+        if b"\r\n." in part:
+            part = part.replace(b"\r\n.", b"\r\n")
         try:
             self._collector.write(part)
         except smtp.SMTPServerError:
