@@ -73,6 +73,9 @@ def serve(kind):
         bed = Testbed(_testbed_scenario(0 if kind == "testbed-cap0" else None), reactor=reactor)
 
         def started(bed):
+            from testbed.tap import settle
+
+            settle()  # as `twistd testbed` does once its servers listen
             print(bed["http"].port, flush=True)
 
         def failed(failure):

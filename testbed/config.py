@@ -165,7 +165,10 @@ class TLSConfig:
 @attrs.frozen
 class JournalConfig:
     #: Payload bytes kept per connection and direction (counts are always kept).
-    payload_cap: int = 65536
+    payload_cap: int = 16384
+    #: Events kept in memory, oldest dropped first (0: no limit). Also bounds
+    #: what each server keeps for tests (requests, messages, queries...).
+    max_events: int = 0
 
 
 @attrs.frozen

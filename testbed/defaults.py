@@ -4,6 +4,9 @@ DEFAULT_SCENARIO_TOML = """\
 # The scenario `twistd -n testbed` runs when no --config is given.
 seed = 0
 
+[journal]
+max_events = 200000  # a long-running daemon keeps the newest events; --journal FILE keeps them all
+
 [servers.http]
 listen = "tcp:8080:interface=127.0.0.1"
 tls_listen = "tcp:8443:interface=127.0.0.1"

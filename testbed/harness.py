@@ -42,7 +42,8 @@ class Testbed:
         self.reactor = reactor
         self.scenario = config_module.coerce(scenario)
         self.seed = self.scenario.seed if seed is None else seed
-        self.journal = Journal(payload_cap=self.scenario.journal.payload_cap)
+        self.journal = Journal(payload_cap=self.scenario.journal.payload_cap,
+                               max_events=self.scenario.journal.max_events)
         self.faults = FaultEngine(self.seed, self.journal, self.scenario.faults)
         tls = self.scenario.tls
         ca = CertificateAuthority.load(self.scenario.path(tls.ca_cert), self.scenario.path(tls.ca_key)) if tls.ca_cert else None

@@ -53,10 +53,14 @@ class Journal:
     ``wait`` until a new event arrives.
     """
 
-    def __init__(self, payload_cap: int = 65536, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, payload_cap: int = 16384, clock: Callable[[], float] = time.monotonic,
+                 max_events: int = 0):
         #: Per connection and direction, how many payload bytes are kept in
         #: ``data`` events; counts are always kept.
         self.payload_cap = payload_cap
+        #: Keep at most this many events, oldest dropped first (0: no limit);
+        #: servers bound what they keep for tests (``requests``...) the same way.
+        self.max_events = max_events
         self._clock = clock
         self._events: list[dict] = []
         self._seq = 0
@@ -66,12 +70,16 @@ class Journal:
     # -- writing --------------------------------------------------------
 
     def record(self, kind: str, server: str | None = None, conn: int | None = None, **fields: Any) -> dict:
+        # On every server's hot path: one dict display, no intermediate copies.
         self._seq += 1
-        event = {"seq": self._seq, "t": self._clock(), "kind": kind, "server": server, "conn": conn}
-        event.update(fields)
-        self._events.append(event)
-        for sink in self._sinks:
-            sink(event)
+        event = {"seq": self._seq, "t": self._clock(), "kind": kind, "server": server, "conn": conn, **fields}
+        events = self._events
+        events.append(event)
+        if self.max_events and len(events) > self.max_events:
+            bounded(events, self.max_events)
+        if self._sinks:
+            for sink in self._sinks:
+                sink(event)
         if self._waiters:
             with self._changed:
                 self._changed.notify_all()
@@ -158,6 +166,12 @@ class Journal:
                     self._changed.wait(min(remaining, 0.5))
             finally:
                 self._waiters -= 1
+
+
+def bounded(items: list, limit: int) -> None:
+    """Drop the oldest items of a list that grew past ``limit``, a tenth at a time (amortised O(1))."""
+    if limit and len(items) > limit:
+        del items[: len(items) - limit + limit // 10]
 
 
 class JSONLWriter:

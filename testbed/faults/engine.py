@@ -94,6 +94,15 @@ class FaultEngine:
         self._runtime: list[_RuleState] = []
         self._added = 0
         self._connections: dict[str, int] = {}
+        self._aimed: frozenset[tuple[str, str]] = frozenset()
+        self._index()
+
+    def _index(self) -> None:
+        self._aimed = frozenset((s.rule.server, s.rule.on) for s in self._scenario + self._runtime)
+
+    def wants(self, server: str, on: str) -> bool:
+        """Whether any rule is aimed at this stage (callers skip building attributes when not)."""
+        return (server, on) in self._aimed
 
     # -- the rule set -----------------------------------------------------
 
@@ -107,17 +116,20 @@ class FaultEngine:
             rule = rule_from_kwargs("faults.add()", **kwargs)
         self._added += 1
         self._runtime.append(_RuleState(rule, f"runtime:{self._added}"))
+        self._index()
         return rule
 
     def clear(self) -> None:
         """Remove the rules added at runtime; scenario rules stay."""
         self._runtime = []
+        self._index()
 
     def reset(self) -> None:
         """Between tests: runtime rules gone, counters and connection numbers from zero."""
         self._runtime = []
         self._added = 0
         self._connections = {}
+        self._index()
         for state in self._scenario:
             state.matches = state.fired = 0
             state.per_connection = {}
@@ -140,7 +152,7 @@ class FaultEngine:
 
     def decide(self, server: str, on: str, conn: int, attributes: Mapping[str, Any] | None = None) -> Fault | None:
         """The fault that fires for this event, or None. Journals every decision a rule made."""
-        if not self._scenario and not self._runtime:
+        if (server, on) not in self._aimed:
             return None
         attributes = attributes or {}
         for state in self._scenario + self._runtime:

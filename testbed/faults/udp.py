@@ -39,6 +39,8 @@ def apply_datagram_fault(fault: Fault, data: bytes, deliver: Callable[[bytes], N
 class FaultingDatagramProtocol(DatagramProtocol):
     """Journals datagrams both ways and applies datagram faults; the wrapped protocol sees it as its transport."""
 
+    noisy = False
+
     def __init__(self, wrapped: DatagramProtocol, server: str, engine: FaultEngine, journal: Journal, clock):
         self.wrapped = wrapped
         self.server = server

@@ -259,6 +259,10 @@ class ConnectionFaults:
         self._connect: Fault | None = None
         self._connect_asked = False
 
+    def wants(self, stage: str) -> bool:
+        """Whether a rule is aimed at ``stage``: ask before building costly attributes."""
+        return self.engine is not None and self.engine.wants(self.server, stage)
+
     def at(self, stage: str, **attributes: Any) -> Fault | None:
         if stage == "connect" and self._connect_asked:
             return self._connect
@@ -314,6 +318,9 @@ NO_FAULTS = ConnectionFaults(None, "", 0)
 class FaultingProtocol(ProtocolWrapper):
     """Journals a connection and applies wire faults to it; the server protocol sees it as its transport."""
 
+    #: zope's adapter lookup (``ISSLTransport(transport)``) asks for this on every
+    #: request; without it ProtocolWrapper.__getattr__ raises and swallows an error each time.
+    __conform__ = None
     lost = False
     refused = False
     down: Shaper | None = None
@@ -334,14 +341,32 @@ class FaultingProtocol(ProtocolWrapper):
 
     def makeConnection(self, transport):
         directlyProvides(self, providedBy(transport))
+        # twisted.web asks for both per request; each is a getsockname()/getpeername() call.
+        self._peer = transport.getPeer()
+        self._host = transport.getHost()
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
         if not self.refused:
             self.wrappedProtocol.faults = self.faults
             self.wrappedProtocol.makeConnection(self)
 
+    def getPeer(self):
+        return self._peer
+
+    def getHost(self):
+        return self._host
+
+    def pauseProducing(self):
+        self.transport.pauseProducing()
+
+    def resumeProducing(self):
+        self.transport.resumeProducing()
+
+    def stopProducing(self):
+        self.transport.stopProducing()
+
     def connectionMade(self):
-        peer = self.transport.getPeer()
+        peer = self._peer
         self.journal.record(OPEN, self.server, self.conn, peer=f"{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}",
                             listener=self.factory.label)
         fault = self.faults.at("connect", tls=self.factory.tls)
@@ -424,7 +449,12 @@ class FaultingProtocol(ProtocolWrapper):
             self.down.feed(data)
 
     def writeSequence(self, data):
-        self.write(b"".join(data))
+        if self.down is None and self._captured_down >= self._cap:
+            data = list(data)
+            self.bytes_down += sum(map(len, data))
+            self.transport.writeSequence(data)
+        else:
+            self.write(b"".join(data))
 
     def loseConnection(self):
         self.disconnecting = 1

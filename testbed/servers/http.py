@@ -11,11 +11,11 @@ from __future__ import annotations
 import fnmatch
 import json as jsonlib
 import os
+import re
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 from urllib.parse import parse_qs
 
-import attrs
 from twisted.internet import defer
 from twisted.web import resource, server
 
@@ -26,22 +26,30 @@ with warnings.catch_warnings():
 
 from testbed.config import HTTPConfig, Route
 from testbed.faults.wire import NO_FAULTS
-from testbed.journal import COMMAND, ERROR, REPLY, STORED
+from testbed.journal import COMMAND, ERROR, REPLY, STORED, bounded
 from testbed.servers.base import Server
 
 
-@attrs.frozen
-class HTTPRequest:
-    """A request as the server received it."""
+class HTTPRequest(NamedTuple):
+    """A request as the server received it (built when a test reads ``requests``)."""
 
     method: str
     path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
+    raw_query: str
+    header_items: tuple
     body: bytes
     tls: bool
     conn: int
     uri: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Header names in lower case; repeated headers joined with ", "."""
+        return dict(self.header_items)
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        return parse_qs(self.raw_query, keep_blank_values=True) if self.raw_query else {}
 
     def json(self) -> Any:
         return jsonlib.loads(self.body)
@@ -50,46 +58,120 @@ class HTTPRequest:
     def text(self) -> str:
         return self.body.decode("utf-8", "replace")
 
+    def __repr__(self) -> str:
+        return f"HTTPRequest(method={self.method!r}, path={self.path!r}, query={self.raw_query!r}, conn={self.conn})"
+
+    @classmethod
+    def decode(cls, raw: tuple) -> "HTTPRequest":
+        """From the raw tuple the server keeps: (method, path, query, headers, body, tls, conn, uri) in bytes."""
+        method, path, query, headers, body, tls, conn, uri = raw
+        return cls(method.decode("ascii", "replace"), path.decode("utf-8", "replace"), query.decode("utf-8", "replace"),
+                   tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in headers),
+                   body, tls, conn, uri.decode("utf-8", "replace"))
+
+
+class RawRequest:
+    """The decoded view route matching and faults need, decoding each part once and only if asked."""
+
+    __slots__ = ("raw", "method", "path", "_headers", "_query")
+
+    def __init__(self, raw: tuple):
+        self.raw = raw
+        self.method = _METHODS.get(raw[0]) or raw[0].decode("ascii", "replace")
+        self.path = raw[1].decode("utf-8", "replace")
+        self._headers = self._query = None
+
+    @property
+    def raw_query(self) -> str:
+        return self.raw[2].decode("utf-8", "replace") if self.raw[2] else ""
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        if self._query is None:
+            self._query = parse_qs(self.raw_query, keep_blank_values=True) if self.raw[2] else {}
+        return self._query
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:
+            self._headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.raw[3]}
+        return self._headers
+
+    @property
+    def body(self) -> bytes:
+        return self.raw[4]
+
+    @property
+    def tls(self) -> bool:
+        return self.raw[5]
+
+
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+
+
+def _matcher(pattern: str):
+    """A test for one glob: plain equality when it has no wildcard, else a regex compiled once."""
+    if not any(c in pattern for c in "*?["):
+        return pattern.__eq__
+    return re.compile(fnmatch.translate(pattern)).match
+
 
 class RouteState:
-    """A route and how many times it answered (for ``responses`` sequences)."""
+    """A route, its compiled matchers and its canned response, and how many times it answered."""
 
     def __init__(self, route: Route):
         self.route = route
         self.hits = 0
+        self.method = route.method.upper()
+        self.path = _matcher(route.path)
+        self.query = [(key, _matcher(pattern)) for key, pattern in route.query.items()]
+        self.headers = [(name.lower(), _matcher(pattern)) for name, pattern in route.match_headers.items()]
+        self.body_contains = route.body_contains.encode() if route.body_contains else b""
+        self.fixed = None if route.responses else _response_of(
+            {"status": route.status, "headers": route.headers, "body": route.body, "json": route.json})
 
     def matches(self, request: HTTPRequest) -> bool:
-        route = self.route
-        if route.method != "*" and route.method.upper() != request.method:
+        if self.method != "*" and self.method != request.method:
             return False
-        if not fnmatch.fnmatchcase(request.path, route.path):
+        if not self.path(request.path):
             return False
-        for key, pattern in route.query.items():
-            if not any(fnmatch.fnmatchcase(v, pattern) for v in request.query.get(key, [])):
+        if self.query:
+            query = request.query
+            if not all(any(match(v) for v in query.get(key, [])) for key, match in self.query):
                 return False
-        for name, pattern in route.match_headers.items():
-            value = request.headers.get(name.lower())
-            if value is None or not fnmatch.fnmatchcase(value, pattern):
-                return False
-        if route.body_contains and route.body_contains.encode() not in request.body:
+        if self.headers:
+            headers = request.headers
+            for name, match in self.headers:
+                value = headers.get(name)
+                if value is None or not match(value):
+                    return False
+        if self.body_contains and self.body_contains not in request.body:
             return False
         return True
 
-    def next_response(self) -> Mapping[str, Any]:
-        route = self.route
+    def next_response(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         self.hits += 1
-        if route.responses:
-            return route.responses[min(self.hits, len(route.responses)) - 1]
-        return {"status": route.status, "headers": route.headers, "body": route.body, "json": route.json}
+        if self.fixed is not None:
+            return self.fixed
+        responses = self.route.responses
+        return _response_of(responses[min(self.hits, len(responses)) - 1])
 
 
-def _body_of(response: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
+def _response_of(response: Mapping[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """(status, encoded headers, body bytes) from a route or fault response table."""
     headers = {str(k): str(v) for k, v in (response.get("headers") or {}).items()}
     if response.get("json") is not None:
         headers.setdefault("Content-Type", "application/json")
-        return jsonlib.dumps(response["json"]).encode("utf-8"), headers
-    body = response.get("body") or b""
-    return (body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)), headers
+        body = jsonlib.dumps(response["json"]).encode("utf-8")
+    else:
+        body = response.get("body") or b""
+        body = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)
+    encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    return int(response.get("status", 200)), encoded, body
+
+
+NO_ROUTE = (404, [(b"Content-Type", b"text/plain")], b"no route\n")
+NOT_FOUND = (404, [(b"Content-Type", b"text/plain")], b"not found\n")
 
 
 class TestbedResource(resource.Resource):
@@ -106,43 +188,48 @@ class TestbedResource(resource.Resource):
         transport = request.channel.transport
         faults = getattr(transport, "faults", NO_FAULTS)
         conn = faults.conn
-        request.content.seek(0)
-        body = request.content.read()
-        raw_path, _, raw_query = request.uri.partition(b"?")
-        path = request.path.decode("utf-8", "replace")
-        headers = {k.decode("latin-1").lower(): b", ".join(v).decode("latin-1")
-                   for k, v in request.requestHeaders.getAllRawHeaders()}
-        record = HTTPRequest(
-            method=request.method.decode("ascii", "replace"),
-            path=path,
-            query=parse_qs(raw_query.decode("utf-8", "replace"), keep_blank_values=True),
-            headers=headers,
-            body=body,
-            tls=request.isSecure(),
-            conn=conn,
-            uri=request.uri.decode("utf-8", "replace"),
-        )
-        http.requests.append(record)
-        journal = http.bed.journal
-        journal.record(COMMAND, "http", conn, command="request", method=record.method, path=path,
-                       query=raw_query.decode("utf-8", "replace"), size=len(body))
-        fault = faults.at("request", method=record.method, path=path, query=record.query, headers=headers,
-                          host=headers.get("host", ""), tls=record.tls)
-        if fault is not None and not fault.wire:
-            return self.broken(request, fault, conn)
-        for state in http.routes():
+        content = request.content
+        content.seek(0)
+        body = content.read()
+        uri = request.uri
+        raw_query = uri.partition(b"?")[2]
+        method = request.method
+        path = request.path
+        # Stored raw, as an exact tuple of bytes: decoding waits until a test
+        # reads ``requests``, and the garbage collector stops tracking exact
+        # tuples (not NamedTuples): a few hundred thousand tracked records made
+        # full collections pause the server for 20-110 ms.
+        raw = (method, path, raw_query,
+               tuple([(k, b", ".join(v)) for k, v in request.requestHeaders.getAllRawHeaders()]),
+               body, getattr(transport.factory, "tls", False), conn, uri)
+        requests = http._requests
+        requests.append(raw)
+        if http.limit and len(requests) > http.limit:
+            bounded(requests, http.limit)
+        record = RawRequest(raw)
+        http.bed.journal.record(COMMAND, "http", conn, command="request", method=record.method, path=record.path,
+                                query=record.raw_query, size=len(body))
+        if faults.wants("request"):
+            headers = record.headers
+            fault = faults.at("request", method=record.method, path=record.path, query=record.query,
+                              headers=headers, host=headers.get("host", ""), tls=record.tls)
+            if fault is not None and not fault.wire:
+                return self.broken(request, fault, conn)
+        for state in http._runtime_routes[::-1] if http._runtime_routes else ():
             if state.matches(record):
-                response = state.next_response()
-                body_bytes, response_headers = _body_of(response)
-                return self.respond(request, int(response.get("status", 200)), response_headers, body_bytes, conn)
+                return self.respond(request, *state.next_response(), conn)
+        for state in http._scenario_routes:
+            if state.matches(record):
+                return self.respond(request, *state.next_response(), conn)
         if http.static_root is not None:
             return self.static(request, conn)
-        return self.respond(request, 404, {"Content-Type": "text/plain"}, b"no route\n", conn)
+        return self.respond(request, *NO_ROUTE, conn)
 
-    def respond(self, request, status: int, headers: Mapping[str, str], body: bytes, conn: int) -> bytes:
+    def respond(self, request, status: int, headers: list[tuple[bytes, bytes]], body: bytes, conn: int) -> bytes:
         request.setResponseCode(status)
-        for name, value in headers.items():
-            request.setHeader(name, value)
+        set_header = request.responseHeaders.setRawHeaders
+        for name, value in headers:
+            set_header(name, [value])
         self.http.bed.journal.record(REPLY, "http", conn, status=status, size=len(body))
         return body
 
@@ -154,8 +241,7 @@ class TestbedResource(resource.Resource):
         if action == "reply":
             response = {"status": fault.param("status", 500), "headers": fault.param("headers", {}),
                         "body": fault.param("body", ""), "json": fault.param("json")}
-            body, headers = _body_of(response)
-            return self.respond(request, int(response["status"]), headers, body, conn)
+            return self.respond(request, *_response_of(response), conn)
         transport = request.channel.transport
         if action == "malformed":
             transport.write(b"HTTP/1.1 OK-ISH\r\nContent-Length: 0\r\n\r\n")
@@ -199,9 +285,9 @@ class TestbedResource(resource.Resource):
         if reason is not None:
             http.bed.journal.record(ERROR, "http", conn, error="path escapes root", path=request.path.decode("utf-8", "replace"),
                                     reason=reason)
-            return self.respond(request, 404, {"Content-Type": "text/plain"}, b"not found\n", conn)
+            return self.respond(request, *NOT_FOUND, conn)
         if not os.path.isfile(target):
-            return self.respond(request, 404, {"Content-Type": "text/plain"}, b"not found\n", conn)
+            return self.respond(request, *NOT_FOUND, conn)
         http.bed.journal.record(REPLY, "http", conn, status=200, file=os.path.relpath(target, http.static_root))
         return static.File(target).render(request)
 
@@ -224,11 +310,12 @@ class HTTPServer(Server):
 
     def __init__(self, bed, name: str, config: HTTPConfig):
         super().__init__(bed, name, config)
-        self.requests: list[HTTPRequest] = []
+        self._requests: list[tuple] = []
         self._scenario_routes = [RouteState(r) for r in config.routes]
         self._runtime_routes: list[RouteState] = []
         self.static_root = bed.scenario.path(config.static) if config.static else None
         self.static_real = os.path.realpath(self.static_root) if self.static_root else None
+        self.limit = bed.journal.max_events
 
     @defer.inlineCallbacks
     def start(self):
@@ -241,16 +328,17 @@ class HTTPServer(Server):
 
     def reset(self) -> None:
         super().reset()
-        self.requests = []
+        self._requests = []
         self._runtime_routes = []
         for state in self._scenario_routes:
             state.hits = 0
 
-    def routes(self) -> list[RouteState]:
-        """Runtime routes (newest first), then the scenario's in order."""
-        return self._runtime_routes[::-1] + self._scenario_routes
-
     # -- the handle ------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[HTTPRequest]:
+        """Every request since the test began, oldest first."""
+        return [HTTPRequest.decode(r) for r in list(self._requests)]
 
     @property
     def url(self) -> str:
