@@ -28,6 +28,14 @@ Twisted quirks worked around here (Twisted 26.10):
   ``smtp.LOGINCredentials`` ("Username:", "Password:") is used instead.
 - ``SMTPServerError.resp`` must be ``str`` for RCPT/MAIL errors but ``bytes``
   for DATA errors; ``sendCode`` here takes either.
+- Any other exception from ``validateFrom``/``validateTo`` goes to ``log.err``
+  (a logged traceback) before the 451: journaled as an error instead.
+- ``ext_STARTTLS`` keeps the HELO, envelope and AUTH state learnt in the clear
+  (RFC 3207 4.2 says forget them): reset here.
+- ``TimeoutMixin`` schedules on the global reactor: the factory's reactor
+  (a ``Clock`` in unit tests) is used instead.
+- smtplib sends no RSET after a refused DATA: a fault reply at DATA ends the
+  transaction, so its next MAIL is not "503 only one sender".
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
-from typing import Any, Iterable
+from typing import Any
 
 from twisted.cred import credentials as cred_credentials
 from twisted.cred import error as cred_error
