@@ -67,7 +67,7 @@ class HTTPConfig:
 
 @attrs.frozen
 class SMTPConfig:
-    enabled: bool = False  # LANDING: on once the server module lands
+    enabled: bool = True
     listen: str = EPHEMERAL
     tls: str = _choices("starttls", "none", "implicit")
     tls_listen: str = EPHEMERAL
@@ -81,7 +81,7 @@ class SMTPConfig:
 
 @attrs.frozen
 class POP3Config:
-    enabled: bool = False  # LANDING: on once the server module lands
+    enabled: bool = True
     listen: str = EPHEMERAL
     tls: str = _choices("starttls", "none", "implicit")
     tls_listen: str = EPHEMERAL
@@ -89,7 +89,7 @@ class POP3Config:
 
 @attrs.frozen
 class IMAPConfig:
-    enabled: bool = False  # LANDING: on once the server module lands
+    enabled: bool = True
     listen: str = EPHEMERAL
     tls: str = _choices("starttls", "none", "implicit")
     tls_listen: str = EPHEMERAL
@@ -101,7 +101,7 @@ class IMAPConfig:
 
 @attrs.frozen
 class FTPConfig:
-    enabled: bool = False  # LANDING: on once the server module lands
+    enabled: bool = True
     listen: str = EPHEMERAL
     tls: str = _choices("starttls", "none")
     #: A real directory to serve; empty for an in-memory tree built from ``files``.
@@ -115,7 +115,7 @@ class FTPConfig:
 
 @attrs.frozen
 class DNSConfig:
-    enabled: bool = False  # LANDING: on once the server module lands
+    enabled: bool = True
     #: A TCP endpoint string; UDP listens on the same interface and port number.
     listen: str = EPHEMERAL
     zone_files: typing.List[str] = attrs.Factory(list)

@@ -12,29 +12,30 @@ listen = "tcp:8080:interface=127.0.0.1"
 tls_listen = "tcp:8443:interface=127.0.0.1"
 
 [servers.smtp]
-enabled = false  # LANDING
 listen = "tcp:2525:interface=127.0.0.1"
 tls = "starttls"
 tls_listen = "tcp:2465:interface=127.0.0.1"
 
 [servers.pop3]
-enabled = false  # LANDING
 listen = "tcp:2110:interface=127.0.0.1"
 tls = "starttls"
 tls_listen = "tcp:2995:interface=127.0.0.1"
 
 [servers.imap]
-enabled = false  # LANDING
 listen = "tcp:2143:interface=127.0.0.1"
 tls = "starttls"
 tls_listen = "tcp:2993:interface=127.0.0.1"
 
 [servers.ftp]
-enabled = false  # LANDING
 listen = "tcp:2121:interface=127.0.0.1"
+tls = "starttls"
+anonymous = true
+
+[servers.ftp.files]
+"pub/readme.txt" = "Served by twisted-testbed's in-memory FTP tree.\\n"
+"incoming/" = ""
 
 [servers.dns]
-enabled = false  # LANDING
 listen = "tcp:1053:interface=127.0.0.1"
 
 [servers.dns.records]

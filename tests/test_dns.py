@@ -628,7 +628,8 @@ class PortReactor(MemoryReactor):
 
 
 def start_bed(reactor, dns_config):
-    bed = Testbed({"servers": {"http": {"enabled": False}, "dns": dict(enabled=True, **dns_config)}}, reactor=reactor)
+    others = {name: {"enabled": False} for name in ("http", "smtp", "pop3", "imap", "ftp")}
+    bed = Testbed({"servers": {**others, "dns": dict(enabled=True, **dns_config)}}, reactor=reactor)
     failures = []
     bed.start().addErrback(failures.append)
     return bed, failures
@@ -641,7 +642,7 @@ def test_udp_binds_on_the_tcp_port_number_retrying_when_it_is_taken():
     server = bed["dns"]
     assert reactor.stopped == [40001, 40002]
     assert [(port, interface) for port, _, interface in reactor.udp] == [(40003, "127.0.0.1")]
-    assert [(l.label, l.number) for l in server.listeners] == [("dns", 40003), ("udp", 40003)]
+    assert [(l.label, l.number) for l in server.listeners] == [("dns/tcp", 40003), ("dns/udp", 40003)]
     assert server.port == 40003
 
 

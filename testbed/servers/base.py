@@ -157,7 +157,7 @@ class Server(abc.ABC):
         return self.bed.journal.query(server=self.name)
 
     def describe(self) -> list[str]:
-        return [f"{l.label.upper():<6} {l.url()}" for l in self.listeners]
+        return [f"{l.label.upper():<7} {l.url()}" for l in self.listeners]
 
     # -- waiting ---------------------------------------------------------------
 

@@ -487,9 +487,9 @@ class DNSServer(Server):
         _, wanted = udp_address(endpoint)
         attempts = 1 if wanted else 8
         for attempt in range(attempts):
-            listener = yield self.listen(endpoint, self.factory, "dns")
+            listener = yield self.listen(endpoint, self.factory, "dns/tcp")
             try:
-                listen_udp(self, endpoint, self.udp, "udp", port=listener.number)
+                listen_udp(self, endpoint, self.udp, "dns/udp", port=listener.number)
             except CannotListenError:
                 # Port 0 gave TCP a number some UDP socket holds already: try another.
                 self.listeners.remove(listener)
