@@ -304,6 +304,9 @@ class _Builder:
         on = raw.get("on", default_stage(protocol))
         if on not in protocol.stages:
             self.fail(f"{path}.on", f"a stage of {server}: " + ", ".join(sorted(protocol.stages)), on)
+        if action in protocol.where and on not in protocol.where[action]:
+            self.fail(f"{path}.on", f"a stage where a {server} {action!r} fault applies: "
+                      + ", ".join(sorted(protocol.where[action])), on)
         schema = actions[action]
         params = {}
         for key, value in raw.items():
@@ -378,9 +381,15 @@ def _check_consistency(builder: _Builder, scenario: Scenario) -> None:
     for i, route in enumerate(servers.http.routes):
         if route.json is not None and route.body:
             builder.fail(f"servers.http.routes[{i}]", "either body or json, not both")
-    for mech in servers.smtp.auth:
-        if mech.upper() not in ("PLAIN", "LOGIN", "CRAM-MD5"):
-            builder.fail("servers.smtp.auth", "mechanisms among PLAIN, LOGIN, CRAM-MD5", mech)
+    for name in ("smtp", "imap"):
+        for mech in getattr(servers, name).auth:
+            if mech.upper() not in ("PLAIN", "LOGIN", "CRAM-MD5"):
+                builder.fail(f"servers.{name}.auth", "mechanisms among PLAIN, LOGIN, CRAM-MD5", mech)
+    for name in ("smtp", "imap", "ftp"):
+        config = getattr(servers, name)
+        if config.enabled and config.require_tls and config.tls == "none" and not getattr(config, "tls_listen", ""):
+            builder.fail(f"servers.{name}.require_tls", f"tls = 'starttls' or a tls_listen port with it "
+                         "(no client could ever get in)", True)
     if servers.ftp.passive_ports:
         try:
             low, high = (int(p) for p in servers.ftp.passive_ports.split("-"))

@@ -46,6 +46,13 @@ def test_a_wire_action_defaults_to_the_connect_stage():
     ({"faults": [{"server": "http", "on": "request", "action": "refuse"}]}, "faults[0].on", "'connect' for a 'refuse'"),
     ({"servers": {"http": {"static": "/no/such/dir"}}}, "servers.http.static", "an existing directory"),
     ({"servers": {"http": {"routes": [{"method": "GET"}]}}}, "servers.http.routes[0].path", "this key is required"),
+    ({"faults": [{"server": "pop3", "on": "USER", "action": "wrong_size"}]}, "faults[0].on",
+     "a stage where a pop3 'wrong_size' fault applies: LIST, RETR, STAT"),
+    ({"faults": [{"server": "ftp", "on": "RETR", "action": "wrong_address"}]}, "faults[0].on", "EPSV, PASV"),
+    ({"faults": [{"server": "imap", "on": "LOGIN", "action": "preauth"}]}, "faults[0].on", "connect"),
+    ({"faults": [{"server": "dns", "on": "datagram", "action": "nodata"}]}, "faults[0].on", "query"),
+    ({"servers": {"ftp": {"tls": "none", "require_tls": True}}}, "servers.ftp.require_tls", "tls = 'starttls'"),
+    ({"servers": {"imap": {"auth": ["GSSAPI"]}}}, "servers.imap.auth", "PLAIN, LOGIN, CRAM-MD5"),
 ])
 def test_bad_scenarios_name_the_source_key_and_expectation(data, path, expected):
     with pytest.raises(ScenarioError) as info:

@@ -547,10 +547,22 @@ def test_silence_at_a_command():
     assert s.cmd("NOOP") == b"200 NOOP ok.\r\n"
 
 
-def test_action_that_does_not_apply_is_journaled_and_ignored():
-    s = Session({"server": "ftp", "on": "SIZE", "action": "short_transfer", "bytes": 1})
+def test_an_action_at_a_stage_where_it_cannot_apply_is_a_scenario_error():
+    from testbed.config import ScenarioError
+
+    with pytest.raises(ScenarioError, match="fault applies: LIST, MLSD, NLST, RETR, data"):
+        Session({"server": "ftp", "on": "SIZE", "action": "short_transfer", "bytes": 1})
+
+
+def test_a_data_stage_action_that_does_not_fit_the_transfer_is_journaled_and_ignored():
+    s = Session({"server": "ftp", "on": "data", "action": "short_transfer", "bytes": 1})
     s.login()
-    assert s.cmd("SIZE pub/readme.txt") == b"213 12\r\n"
+    data = s.pasv()
+    assert s.cmd("STOR incoming/new.txt") == b"150 Ok to send data.\r\n"  # an upload: nothing to cut short
+    data.send(b"whole")
+    data.close()
+    assert s.conn.sent() == b"226 Transfer complete.\r\n"
+    assert s.shell.read_bytes("incoming/new.txt") == b"whole"
     assert s.events(ERROR)[0]["error"] == "fault action does not apply here"
 
 
@@ -1027,7 +1039,8 @@ def test_idle_timeout_uses_the_factory_reactor():
 def test_require_tls_without_tls_is_refused_at_start():
     from testbed.harness import Testbed
 
-    bed = Testbed({"servers": {"http": {"enabled": False},
-                               "ftp": {"enabled": True, "tls": "none", "require_tls": True}}})
-    with pytest.raises(ValueError, match="require_tls needs tls"):
-        ftp_server.FTPServer(bed, "ftp", bed.scenario.servers.ftp)
+    from testbed.config import ScenarioError
+
+    with pytest.raises(ScenarioError, match="servers.ftp.require_tls: expected tls = 'starttls'"):
+        Testbed({"servers": {"http": {"enabled": False},
+                             "ftp": {"enabled": True, "tls": "none", "require_tls": True}}})

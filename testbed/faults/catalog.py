@@ -47,12 +47,15 @@ _SMTP_REPLY = {"code": int, "message": str, "then": _THEN}
 class Protocol:
     """A protocol's fault surface: where (stages) and what (actions with parameters)."""
 
-    def __init__(self, stages, actions, transport="tcp", match=()):
+    def __init__(self, stages, actions, transport="tcp", match=(), where=None):
         self.stages = frozenset(stages)
         self.actions = dict(actions)
         self.transport = transport
         #: Attribute names a rule's ``match`` may use (empty: anything).
         self.match = frozenset(match)
+        #: Protocol actions that only make sense at some stages: action -> those stages.
+        #: Anything not listed applies at every stage.
+        self.where = {action: frozenset(stages) for action, stages in (where or {}).items()}
 
     def all_actions(self) -> dict[str, dict[str, object]]:
         merged = {}
@@ -75,6 +78,7 @@ PROTOCOLS: dict[str, Protocol] = {
             "empty": {},
         },
         match={"method", "path", "query", "headers", "host", "tls"},
+        where={action: {"request"} for action in ("reply", "malformed", "bad_chunk", "short_body", "empty")},
     ),
     "smtp": Protocol(
         stages={"connect", "EHLO", "HELO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA",
@@ -93,6 +97,7 @@ PROTOCOLS: dict[str, Protocol] = {
             "disconnect": {"bytes": int},
         },
         match={"user", "message", "tls"},
+        where={"wrong_size": {"STAT", "LIST", "RETR"}},
     ),
     "imap": Protocol(
         # A UID command is its verb ("FETCH") with the attribute uid = true.
@@ -110,6 +115,7 @@ PROTOCOLS: dict[str, Protocol] = {
             "uidvalidity_change": {},
         },
         match={"user", "mailbox", "message", "tls", "uid", "mechanism"},
+        where={"preauth": {"connect"}, "idle_no_ack": {"IDLE"}, "uidvalidity_change": {"SELECT", "EXAMINE"}},
     ),
     # FTP: "connect", every command the server implements, and "data" (asked when a transfer
     # starts on its data connection; wire actions there hit the data connection). reply: instead
@@ -129,6 +135,10 @@ PROTOCOLS: dict[str, Protocol] = {
             "no_completion": {},
         },
         match={"user", "path", "tls", "mode", "type", "command"},
+        # Mirrors testbed.servers.ftp.APPLIES_TO; "data" is asked as a transfer starts.
+        where={"wrong_address": {"PASV", "EPSV"},
+               "short_transfer": {"RETR", "LIST", "NLST", "MLSD", "data"},
+               "no_completion": {"RETR", "LIST", "NLST", "MLSD", "STOR", "APPE", "data"}},
     ),
     "dns": Protocol(
         # connect: wire actions on the TCP listener ("truncate" there is the wire one, after ``bytes``);
@@ -149,6 +159,8 @@ PROTOCOLS: dict[str, Protocol] = {
         },
         transport="both",
         match={"name", "type", "transport"},
+        where={action: {"query"} for action in ("reply", "wrong_id", "wrong_question", "wrong_name", "nodata",
+                                                  "ttl", "garbage", "tcp_length_only", "tcp_partial")},
     ),
     "echo": Protocol(stages={"datagram"}, actions={}, transport="udp"),
 }
