@@ -388,7 +388,7 @@ def _check_consistency(builder: _Builder, scenario: Scenario) -> None:
     for name in ("smtp", "imap", "ftp"):
         config = getattr(servers, name)
         if config.enabled and config.require_tls and config.tls == "none" and not getattr(config, "tls_listen", ""):
-            builder.fail(f"servers.{name}.require_tls", f"tls = 'starttls' or a tls_listen port with it "
+            builder.fail(f"servers.{name}.require_tls", "tls = 'starttls' or a tls_listen port with it "
                          "(no client could ever get in)", True)
     if servers.ftp.passive_ports:
         try:

@@ -1,7 +1,6 @@
 """The twistd face: the package installs with its plugin, and `twistd -n testbed` serves as configured."""
 
 import json
-import os
 import pathlib
 import re
 import shutil

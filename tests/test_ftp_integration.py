@@ -228,7 +228,6 @@ def url(server, path: str = "/") -> str:
     return f"ftp://{server.host}:{server.port}{path}"
 
 
-@pytest.mark.skipif(CURL is None, reason="curl is not installed")
 @pytest.mark.parametrize("tls", [False, True], ids=["ftp", "ftps-explicit"])
 def test_curl(ftp_server, ftp_root, tmp_path, tls):
     name = f"curl-{'tls' if tls else 'plain'}"
@@ -275,7 +274,6 @@ def lftp(server, script: str, tls: bool = False, timeout: float = 30) -> subproc
     return subprocess.run([LFTP, "-c", command], capture_output=True, timeout=timeout)
 
 
-@pytest.mark.skipif(LFTP is None, reason="lftp is not installed")
 @pytest.mark.parametrize("tls", [False, True], ids=["ftp", "ftps-explicit"])
 def test_lftp(ftp_server, ftp_root, tmp_path, tls):
     name = f"lftp-{'tls' if tls else 'plain'}.txt"
@@ -347,7 +345,6 @@ def test_absolute_paths_are_inside_the_root(ftp_server):
     assert 550 in replies(ftp_server)
 
 
-@pytest.mark.skipif(CURL is None, reason="curl is not installed")
 def test_curl_path_as_is_traversal(ftp_server):
     result = curl(ftp_server, "--path-as-is", url(ftp_server, "/../../../etc/passwd"))
     assert result.returncode != 0 and result.stdout == b""

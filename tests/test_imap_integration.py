@@ -150,7 +150,7 @@ def test_authenticate_plain_and_cram_md5(imap_server):
 
 
 def test_idle_reports_a_message_delivered_meanwhile(imap_server, testbed):
-    imapclient = pytest.importorskip("imapclient")
+    import imapclient
     client = imapclient.IMAPClient(imap_server.host, port=imap_server.port, ssl=False, timeout=TIMEOUT)
     try:
         client.login(USER, PASSWORD)
@@ -281,7 +281,7 @@ def test_a_tagged_reply_that_never_comes(imap_server, testbed):
 
 @pytest.mark.fault(server="imap", on="IDLE", action="idle_no_ack")
 def test_idle_never_acknowledged(imap_server):
-    imapclient = pytest.importorskip("imapclient")
+    import imapclient
     client = imapclient.IMAPClient(imap_server.host, port=imap_server.port, ssl=False, timeout=TIMEOUT)
     client.login(USER, PASSWORD)
     client.select_folder("INBOX")
@@ -317,14 +317,12 @@ def test_a_reset_scoped_to_a_fetch(imap_server, testbed):
 
 # -- curl ---------------------------------------------------------------------------------
 
-pytestmark_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed")
 
 
 def curl(*args, timeout=10):
     return subprocess.run([CURL, "-sS", "--max-time", str(timeout), *args], capture_output=True, timeout=timeout + 5)
 
 
-@pytestmark_curl
 def test_curl_fetches_by_uid_over_imap(imap_server, testbed):
     raw = deliver(testbed, "for curl")
     result = curl("-u", f"{USER}:{PASSWORD}", f"imap://{imap_server.host}:{imap_server.port}/INBOX;UID=1")
@@ -332,7 +330,6 @@ def test_curl_fetches_by_uid_over_imap(imap_server, testbed):
     assert result.stdout == raw
 
 
-@pytestmark_curl
 def test_curl_over_imaps_verifies_with_the_ca_file(imap_server, testbed):
     raw = deliver(testbed, "for curl over tls")
     result = curl("--cacert", testbed.ca_path, "-u", f"{USER}:{PASSWORD}",
@@ -341,7 +338,6 @@ def test_curl_over_imaps_verifies_with_the_ca_file(imap_server, testbed):
     assert result.stdout == raw
 
 
-@pytestmark_curl
 def test_curl_with_starttls_lists_mailboxes(imap_server, testbed):
     result = curl("--ssl-reqd", "--cacert", testbed.ca_path, "-u", f"{USER}:{PASSWORD}",
                   f"imap://localhost:{imap_server.port}/")

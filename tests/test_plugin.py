@@ -1,6 +1,5 @@
 """The pytest face as a user meets it: fixtures, markers, options and failure reports, in a fresh pytest."""
 
-import pytest
 
 pytest_plugins = ["pytester"]
 

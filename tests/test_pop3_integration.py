@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import poplib
 import shutil
 import smtplib
@@ -155,7 +154,6 @@ def test_users_added_at_runtime_log_in(pop3_server, testbed):
     client.quit()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("testbed.servers.smtp") is None, reason="no SMTP server yet")
 @pytest.mark.parametrize("testbed_scenario", [{"servers": {"http": {"enabled": False}, "smtp": {"enabled": True},
                                                            "pop3": {"enabled": True}},
                                                "users": {ALICE: "secret"}}], ids=["smtp+pop3"])
@@ -272,7 +270,6 @@ def test_a_reset_after_10k_of_a_retr(pop3_server, testbed):
 # -- curl ------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(CURL is None, reason="curl is not installed")
 def test_curl_lists_and_retrieves(pop3_server, mail):
     base = f"pop3://127.0.0.1:{pop3_server.port}"
     listing = curl(base + "/")
@@ -284,7 +281,6 @@ def test_curl_lists_and_retrieves(pop3_server, mail):
     assert pop3_server.sessions[0].method == "SASL PLAIN"  # curl prefers SASL when CAPA offers it
 
 
-@pytest.mark.skipif(CURL is None, reason="curl is not installed")
 def test_curl_pop3s_and_stls(pop3_server, testbed, mail):
     pop3s = curl("--cacert", testbed.ca_path, f"pop3s://127.0.0.1:{pop3_server.tls_port}/2")
     assert pop3s.returncode == 0, pop3s.stderr

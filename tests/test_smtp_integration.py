@@ -278,7 +278,6 @@ def swaks(server, *args):
     return result
 
 
-@pytest.mark.skipif(SWAKS is None, reason="swaks is not installed")
 def test_swaks_plain_starttls_smtps_and_auth(smtp_server, testbed):
     swaks(smtp_server, "--port", str(smtp_server.port))
     swaks(smtp_server, "--port", str(smtp_server.port), "--tls", "--tls-verify", "--tls-ca-path", testbed.ca_path,
@@ -296,7 +295,6 @@ def curl(*args):
     return subprocess.run([CURL, "-sS", "--max-time", "10", *args], capture_output=True, timeout=20)
 
 
-@pytest.mark.skipif(CURL is None, reason="curl is not installed")
 def test_curl_smtp_starttls_and_smtps(smtp_server, testbed, tmp_path):
     raw = message("from curl", "curl body\r\n.dot line")
     upload = tmp_path / "mail.eml"

@@ -1,6 +1,5 @@
 """Wire actions at the byte level, over StringTransport and Clock, through testbed.testing.connect."""
 
-import pytest
 from twisted.internet.protocol import Factory, Protocol
 
 from testbed import testing

@@ -219,10 +219,6 @@ class _ShellBase:
                 raise ftp.InvalidPath(list(cwd), path_text)
         return segs
 
-    # -- small helpers for subclasses ------------------------------------------
-
-    def files(self) -> dict[str, int]:  # pragma: no cover - overridden
-        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------
