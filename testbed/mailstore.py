@@ -437,6 +437,30 @@ class Mailbox:
         self._compact_if_large()
         self._notify("flags", message)
 
+    def clear_recent(self, uids: Iterable[int]) -> None:
+        """A read-write session has seen these messages: they are no longer \\Recent.
+
+        With a maildir their files move from new/ to cur/, the Maildir way of
+        saying "seen by a client", so the state survives a restart.
+        """
+        moved = False
+        for uid in uids:
+            message = self._by_uid.get(uid)
+            if message is None or not message.recent:
+                continue
+            message.recent = False
+            if self.path is not None and message._filename is not None:
+                sub, name = os.path.split(message._filename)
+                if sub == "new":
+                    base, _ = _split_info(name)
+                    relative = os.path.join("cur", f"{base}:2,{_letters(message.flags, message._extra_letters)}")
+                    os.rename(os.path.join(self.path, message._filename), os.path.join(self.path, relative))
+                    message._filename = relative
+                    moved = True
+        if moved:
+            _fsync_dir(os.path.join(self.path, "cur"))
+            _fsync_dir(os.path.join(self.path, "new"))
+
     def add_flags(self, uid: int, flags: Iterable[str]) -> None:
         """IMAP STORE +FLAGS."""
         message = self._by_uid.get(uid)

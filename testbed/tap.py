@@ -119,6 +119,7 @@ class TestbedService(service.Service):
             out.write(f"twisted-testbed: {line}\n")
         if options["ca-out"]:
             out.write(f"twisted-testbed: CA certificate written to {options['ca-out']}\n")
+        out.write("twisted-testbed: ready\n")  # scripts driving the daemon wait for this line
         out.flush()
         settle()
         service.Service.privilegedStartService(self)

@@ -808,3 +808,16 @@ def test_deleted_folder_leaves_nothing_on_disk(tmp_path):
     assert not any(entry.startswith(".") for entry in os.listdir(user_dir))
     assert os.listdir(user_dir / "tmp") == []
     assert MailStore(maildir=str(root)).list_mailboxes("alice@example.com") == [INBOX]
+
+
+def test_clearing_recent_moves_maildir_files_from_new_to_cur_and_survives_a_restart(tmp_path):
+    store = MailStore(maildir=str(tmp_path), users={"alice@example.test": "pw"})
+    first = store.deliver("alice@example.test", b"Subject: one\r\n\r\n1\r\n")
+    second = store.deliver("alice@example.test", b"Subject: two\r\n\r\n2\r\n")
+    box = store.mailbox("alice@example.test")
+    box.clear_recent([first.uid])
+    assert not first.recent and second.recent
+    assert os.path.dirname(first.path).endswith("cur") and os.path.dirname(second.path).endswith("new")
+    reopened = MailStore(maildir=str(tmp_path), users={"alice@example.test": "pw"}).mailbox("alice@example.test")
+    assert [m.recent for m in reopened.messages] == [False, True]
+    assert [m.raw for m in reopened.messages] == [first.raw, second.raw]

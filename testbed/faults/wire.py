@@ -344,6 +344,14 @@ class FaultingProtocol(ProtocolWrapper):
         # twisted.web asks for both per request; each is a getsockname()/getpeername() call.
         self._peer = transport.getPeer()
         self._host = transport.getHost()
+        # A reply written in pieces (POP3's +OK, then the message) otherwise waits
+        # out the client's delayed ACK under Nagle: 40 ms a RETR.
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass  # not a TCP socket after all
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
         if not self.refused:

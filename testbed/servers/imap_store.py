@@ -667,9 +667,8 @@ class SessionMailbox:
         if self.view is None:
             self.view = list(self.box.messages)
             self.recent = {m.uid for m in self.view if m.recent}
-            if self.writeable:
-                for message in self.view:  # \Recent goes to the first session that selects it
-                    message.recent = False
+            if self.writeable:  # \Recent goes to the first session that selects it
+                self.box.clear_recent(self.recent)
             self.box.add_listener(self._store_event)
         if listener not in self.listeners:
             self.listeners.append(listener)

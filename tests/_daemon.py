@@ -1,0 +1,37 @@
+"""Drives `twistd -n testbed ...` in a subprocess for the daemon tests: start, read its listeners, stop."""
+
+import re
+import signal
+import subprocess
+import sys
+
+#: twistd as the current interpreter runs it (the console script may belong to another Python).
+TWISTD = ["-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class Daemon:
+    """`twistd -n testbed ...` in a subprocess; reads the listener lines it prints."""
+
+    def __init__(self, tmp_path, *args):
+        self.process = subprocess.Popen(
+            [sys.executable, *TWISTD, "-n", "--pidfile", "", "testbed", *args],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.urls = {}
+        self.output = []
+        for line in self.process.stdout:
+            self.output.append(line)
+            match = re.match(r"twisted-testbed: (\S+)\s+(\S+://\S+)", line)
+            if match:
+                self.urls[match.group(1)] = match.group(2)
+            if line.strip() == "twisted-testbed: ready" or self.process.poll() is not None:
+                break
+
+    def stop(self):
+        self.process.send_signal(signal.SIGINT)
+        try:
+            rest = self.process.communicate(timeout=15)[0]
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            rest = self.process.communicate()[0]
+        self.output.append(rest)
+        return self.process.returncode
