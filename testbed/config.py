@@ -17,6 +17,9 @@ from testbed.faults.catalog import PROTOCOLS, RULE_KEYS, WIRE_DEFAULTS, default_
 
 EPHEMERAL = "tcp:0:interface=127.0.0.1"
 
+#: Certificates a TLS listener can serve (``certificate = ...`` on a server), see testbed.tls.
+CERTIFICATE_KINDS = ("valid", "expired", "not_yet_valid", "wrong_host", "self_signed", "untrusted_ca")
+
 
 class ScenarioError(ValueError):
     """A scenario that cannot run: names the source, the key path and what was expected."""
@@ -61,6 +64,8 @@ class HTTPConfig:
     tls: str = _choices("none", "implicit")
     #: A second, implicit-TLS listener (HTTPS); empty for none.
     tls_listen: str = EPHEMERAL
+    #: The chain served under TLS: a valid one, or a deliberately bad one.
+    certificate: str = _choices(*CERTIFICATE_KINDS)
     static: str = ""
     routes: typing.List[Route] = attrs.Factory(list)
 
@@ -71,6 +76,8 @@ class SMTPConfig:
     listen: str = EPHEMERAL
     tls: str = _choices("starttls", "none", "implicit")
     tls_listen: str = EPHEMERAL
+    #: The chain served under TLS: a valid one, or a deliberately bad one.
+    certificate: str = _choices(*CERTIFICATE_KINDS)
     hostname: str = "testbed.test"
     auth: typing.List[str] = attrs.Factory(lambda: ["PLAIN", "LOGIN", "CRAM-MD5"])
     require_tls: bool = False
@@ -85,6 +92,8 @@ class POP3Config:
     listen: str = EPHEMERAL
     tls: str = _choices("starttls", "none", "implicit")
     tls_listen: str = EPHEMERAL
+    #: The chain served under TLS: a valid one, or a deliberately bad one.
+    certificate: str = _choices(*CERTIFICATE_KINDS)
 
 
 @attrs.frozen
@@ -93,6 +102,8 @@ class IMAPConfig:
     listen: str = EPHEMERAL
     tls: str = _choices("starttls", "none", "implicit")
     tls_listen: str = EPHEMERAL
+    #: The chain served under TLS: a valid one, or a deliberately bad one.
+    certificate: str = _choices(*CERTIFICATE_KINDS)
     #: SASL mechanisms AUTHENTICATE offers (PLAIN, LOGIN, CRAM-MD5); the LOGIN command is always there.
     auth: typing.List[str] = attrs.Factory(lambda: ["PLAIN", "LOGIN", "CRAM-MD5"])
     #: Advertise LOGINDISABLED and refuse LOGIN/AUTHENTICATE until STARTTLS (or on the IMAPS port).
@@ -104,6 +115,8 @@ class FTPConfig:
     enabled: bool = True
     listen: str = EPHEMERAL
     tls: str = _choices("starttls", "none")
+    #: The chain served under TLS: a valid one, or a deliberately bad one.
+    certificate: str = _choices(*CERTIFICATE_KINDS)
     #: A real directory to serve; empty for an in-memory tree built from ``files``.
     root: str = ""
     files: typing.Dict[str, str] = attrs.Factory(dict)

@@ -19,8 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-#: Certificate kinds a TLS fault or a scenario can ask for.
-KINDS = ("valid", "expired", "not_yet_valid", "wrong_host", "self_signed", "untrusted_ca")
+from testbed.config import CERTIFICATE_KINDS as KINDS
 
 _DAY = datetime.timedelta(days=1)
 
@@ -182,6 +181,10 @@ class ServerTLS:
             self._chains[kind] = ([cert], key)
         return self._chains[kind]
 
+    def serving(self, kind: str) -> "ServingTLS":
+        """This run's TLS material with ``kind`` as the chain a server presents by default."""
+        return ServingTLS(self, kind)
+
     def options(self, kind: str = "valid"):
         """A Twisted ``CertificateOptions`` serving the ``kind`` chain (cached)."""
         if kind not in self._options:
@@ -202,3 +205,18 @@ class ServerTLS:
             _negotiate_alpn_politely(context)
             self._options[kind] = options
         return self._options[kind]
+
+
+class ServingTLS:
+    """One server's view of the run's TLS material: ``options()`` serves its configured chain."""
+
+    def __init__(self, tls: ServerTLS, kind: str):
+        self.tls = tls
+        self.kind = kind
+
+    def options(self, kind: str | None = None):
+        return self.tls.options(kind or self.kind)
+
+    @property
+    def ca_path(self) -> str:
+        return self.tls.ca_path

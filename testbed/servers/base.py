@@ -102,6 +102,11 @@ class Server(abc.ABC):
             if listener.factory is not None and hasattr(listener.factory, "abort_all"):
                 listener.factory.abort_all()
 
+    @property
+    def tls(self):
+        """The run's TLS material, serving this server's ``certificate`` chain."""
+        return self.bed.tls.serving(getattr(self.config, "certificate", "valid"))
+
     # -- listening -----------------------------------------------------------
 
     @defer.inlineCallbacks
@@ -118,7 +123,7 @@ class Server(abc.ABC):
         if tls:
             from twisted.protocols.tls import TLSMemoryBIOFactory
 
-            outer = TLSMemoryBIOFactory(bed.tls.options(), False, wrapped)
+            outer = TLSMemoryBIOFactory(self.tls.options(), False, wrapped)
         port = yield serverFromString(bed.reactor, endpoint).listen(outer)
         listener = Listener(label, port, tls, scheme or (self.tls_scheme if tls else self.scheme), wrapped)
         self.listeners.append(listener)

@@ -1452,7 +1452,7 @@ class FTPServer(Server):
         config = self.config
         self.factory = FTPFactory(
             self.shell, users=dict(self.bed.scenario.users), anonymous=config.anonymous,
-            tls_options=self.bed.tls.options if config.tls == "starttls" else None,
+            tls_options=self.tls.options if config.tls == "starttls" else None,
             require_tls=config.require_tls, passive_ports=config.passive_ports, reactor=self.bed.reactor,
             on_upload=self._record_upload)
         yield self.listen(config.listen, self.factory, "ftp")

@@ -816,7 +816,7 @@ class IMAPServer(Server):
     def start(self):
         bed = self.bed
         users = list(bed.scenario.users)
-        factory = build_factory(self.config, bed.mail, bed.tls, bed.reactor,
+        factory = build_factory(self.config, bed.mail, self.tls, bed.reactor,
                                 preauth_user=users[0] if users else None, on_stored=self._stored)
         config = self.config
         if config.listen:

@@ -841,10 +841,10 @@ class POP3Server(Server):
         bed, config = self.bed, self.config
         implicit = config.tls == "implicit"
         if config.listen:
-            factory = build_factory(config, bed.mail, bed.tls, bed.reactor, implicit_tls=implicit, log=self.log)
+            factory = build_factory(config, bed.mail, self.tls, bed.reactor, implicit_tls=implicit, log=self.log)
             yield self.listen(config.listen, factory, "pop3s" if implicit else "pop3", tls=implicit)
         if config.tls_listen:
-            factory = build_factory(config, bed.mail, bed.tls, bed.reactor, implicit_tls=True, log=self.log)
+            factory = build_factory(config, bed.mail, self.tls, bed.reactor, implicit_tls=True, log=self.log)
             yield self.listen(config.tls_listen, factory, "pop3s", tls=True)
 
     def reset(self) -> None:

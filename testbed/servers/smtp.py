@@ -838,7 +838,7 @@ class SMTPServer(Server):
 
     def __init__(self, bed, name: str, config):
         super().__init__(bed, name, config)
-        self.factory = build_factory(config, bed.mail, bed.tls, bed.reactor)
+        self.factory = build_factory(config, bed.mail, self.tls, bed.reactor)
 
     @defer.inlineCallbacks
     def start(self):
