@@ -14,13 +14,17 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
+import importlib.util  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("_servers", os.path.join(_HERE, "_servers.py"))
+_servers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_servers)
+
 import argparse  # noqa: E402
 import re  # noqa: E402
-import select  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 
 #: The same 13 bytes from every server.
@@ -110,35 +114,10 @@ def serve(kind):
 
 def start(kind, timeout=15.0):
     """The subprocess serving ``kind`` and its port, read from its first line of stdout."""
-    # stderr goes to a file, not a pipe nobody reads: werkzeug writes a line a request and would block on it.
-    errors = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", kind],
-                            stdout=subprocess.PIPE, stderr=errors, text=True)
-    proc.errors = errors
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if ready else ""
-    if not line.strip().isdigit():
-        errors.seek(0)
-        told = errors.read()[-2000:]
-        stop([proc])
-        raise RuntimeError(f"{kind}: no port within {timeout}s (got {line!r}); stderr:\n{told}")
-    return proc, int(line)
+    return _servers.start(os.path.abspath(__file__), kind, timeout=timeout)
 
 
-def stop(procs, timeout=3.0):
-    """Terminate every subprocess, then kill what is still there after ``timeout`` seconds."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(2)
-        proc.stdout.close()
-        proc.errors.close()
+stop = _servers.stop
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}

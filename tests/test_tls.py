@@ -67,3 +67,21 @@ def test_a_ca_loaded_from_files_signs_the_server_certificate(tmp_path):
     loaded = CertificateAuthority.load(str(tmp_path / "ca.pem"), str(tmp_path / "ca.key"))
     (cert,), _ = ServerTLS(loaded).chain()
     assert cert.issuer == ca.cert.subject
+
+
+def test_a_scenario_can_bring_its_own_ca_and_servers_present_chains_it_signed(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+
+    from testbed.harness import Testbed
+
+    ca = CertificateAuthority.generate("company test CA")
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    (tmp_path / "ca.key").write_bytes(ca.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()))
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('[tls]\nca_cert = "ca.pem"\nca_key = "ca.key"\nhostnames = ["testbed.internal"]\n')
+    bed = Testbed(str(scenario))
+    (cert,), _ = bed.tls.chain()
+    assert cert.issuer == ca.cert.subject
+    assert san_of(cert).get_values_for_type(x509.DNSName) == ["testbed.internal"]
+    assert open(bed.ca_path, "rb").read() == ca.cert_pem
