@@ -142,6 +142,10 @@ class _ShellBase:
     on_upload: UploadCallback
     on_violation: ViolationCallback
 
+    def read_only(self):
+        """The same tree and callbacks, refusing every modification (``with_callbacks`` is each shell's)."""
+        return self.with_callbacks(writable=False)
+
     def _init_callbacks(
         self,
         writable: bool,
@@ -386,10 +390,6 @@ class JailedShell(_ShellBase, ftp.FTPShell):
         self._root_prefix = real if real.endswith(os.sep) else real + os.sep
         self._init_callbacks(writable, on_upload, on_violation)
 
-    def read_only(self) -> "JailedShell":
-        """The same tree and callbacks, refusing every modification."""
-        return self.with_callbacks(writable=False)
-
     def with_callbacks(
         self,
         *,
@@ -632,10 +632,6 @@ class MemoryShell(_ShellBase):
         self._tree = _tree if _tree is not None else _MemDir()
         for key, value in (files or {}).items():
             self._seed(key, value)
-
-    def read_only(self) -> "MemoryShell":
-        """A view of the same tree and callbacks, refusing every modification."""
-        return self.with_callbacks(writable=False)
 
     def with_callbacks(
         self,
