@@ -232,9 +232,6 @@ class Scenario:
         """A path from the scenario, resolved against the scenario file's folder."""
         return relative if os.path.isabs(relative) else os.path.normpath(os.path.join(self.base_dir, relative))
 
-    def evolve(self, **changes: Any) -> "Scenario":
-        return attrs.evolve(self, **changes)
-
 
 # -- building it from data ----------------------------------------------------
 

@@ -96,3 +96,11 @@ def test_runtime_rules_are_cleared_and_counters_reset():
     assert e.decide("http", "request", 1).action == "empty"
     assert e.decide("http", "request", 1) is None
     assert e.next_connection("http") == 1
+
+
+def test_stats_say_how_often_each_rule_matched_and_fired():
+    e = engine({"server": "http", "on": "request", "action": "empty", "after": 1, "times": 1})
+    for _ in range(3):
+        e.decide("http", "request", 1)
+    (stats,) = e.stats()
+    assert (stats["key"], stats["matches"], stats["fired"], stats["action"]) == ("scenario:0", 3, 1, "empty")

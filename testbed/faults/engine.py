@@ -134,9 +134,6 @@ class FaultEngine:
             state.matches = state.fired = 0
             state.per_connection = {}
 
-    def reseed(self, seed: int) -> None:
-        self.seed = seed
-
     def stats(self) -> list[dict]:
         """Each rule with how often it matched and fired."""
         return [dict(s.rule.describe(), key=s.key, matches=s.matches, fired=s.fired)
