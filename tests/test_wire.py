@@ -255,3 +255,29 @@ def test_starttls_waits_until_the_go_ahead_reply_has_left_in_the_clear():
     assert started == []
     c.clock.advance(1)
     assert started == [b"+OK Begin TLS\r\n"]
+
+
+def test_throttle_copies_only_what_it_releases_from_a_large_write():
+    c = talk({"server": "http", "action": "throttle", "bytes_per_second": 2000})
+    c.send(b"x" * 200_000)
+    c.clock.pump([0.05] * 100)  # five seconds at 2,000 bytes a second
+    # The greeting, the first twentieth of a second's worth at once, then five seconds' worth.
+    assert len(c.transport.value()) == 6 + 100 + 10_000
+    shaper = c.wrapper.down
+    assert shaper.queued == 200_006 - len(c.transport.value())
+    assert len(shaper.queue[0][1]) == 200_000  # the big write is kept whole, read from an offset
+
+
+def test_a_close_waiting_for_a_queue_survives_the_action_being_replaced():
+    c = talk({"server": "http", "action": "delay", "seconds": 1})
+    c.protocol.transport.loseConnection()
+    assert not c.transport.disconnecting
+    c.send(b"?")  # the request stage is not aimed at; replace the shaper by hand as a stage fault would
+    from testbed.faults.engine import Fault, stable_random
+    from testbed.config import rule_from_kwargs
+
+    c.wrapper.apply(Fault(rule_from_kwargs("t", server="http", on="request", action="slice", size=100,
+                                           interval=0.1), stable_random(1)))
+    c.clock.pump([0.1] * 20)
+    assert c.transport.value().startswith(b"hello\n")
+    assert c.transport.disconnecting

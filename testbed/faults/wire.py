@@ -74,6 +74,8 @@ class Shaper:
         #: client sees its connection reset, not refused (see ``start``).
         self.armed = False
         self.queue: deque[tuple[float, bytes]] = deque()
+        #: How much of the head item has gone out (throttle and slice release parts of it).
+        self._offset = 0
         self.queued = 0
         self._timer = None
         self._last_due = 0.0
@@ -96,13 +98,17 @@ class Shaper:
             self._timer.cancel()
         self._timer = None
 
-    def take_queue(self) -> list[bytes]:
-        """Hand over what is still queued (when another action replaces this one)."""
+    def take_queue(self) -> tuple[list[bytes], list[Callable[[], None]]]:
+        """Hand over what is still queued and who waits for it to drain (another action replaces this one)."""
         self.cancel()
         pending = [data for _, data in self.queue]
+        if pending and self._offset:
+            pending[0] = pending[0][self._offset:]
         self.queue.clear()
+        self._offset = 0
         self.queued = 0
-        return pending
+        drained, self._drained = self._drained, []
+        return pending, drained
 
     def when_drained(self, callback: Callable[[], None]) -> None:
         if not self.queued:
@@ -178,13 +184,17 @@ class Shaper:
                 budget = max(1, int(self.fault.param("size")))
             sent = 0
             while self.queue and sent < budget:
-                due, data = self.queue[0]
+                data = self.queue[0][1]
                 take = budget - sent
-                if len(data) > take:
-                    self.queue[0] = (due, data[take:])
-                    data = data[:take]
+                start = self._offset
+                if len(data) - start > take:
+                    # Copy only what goes out now: re-slicing the rest each time is quadratic.
+                    self._offset = start + take
+                    data = data[start:start + take]
                 else:
                     self.queue.popleft()
+                    self._offset = 0
+                    data = data[start:] if start else data
                 sent += len(data)
                 self._release(data)
             if self.queue:
@@ -411,10 +421,12 @@ class FaultingProtocol(ProtocolWrapper):
         self.down = self._replace(self.down, shaper)
 
     def _replace(self, old: Shaper | None, new: Shaper) -> Shaper:
-        pending = old.take_queue() if old is not None else []
+        pending, waiting = old.take_queue() if old is not None else ([], [])
         new.start()
         for data in pending:
             new.feed(data)
+        for callback in waiting:  # a loseConnection waiting for the old queue now waits for the new one
+            new.when_drained(callback)
         return new
 
     def _to_protocol(self, data: bytes) -> None:
