@@ -144,9 +144,25 @@ def _bed_for(config, scenario):
         from twisted.internet.threads import blockingCallFromThread
 
         bed = Testbed(parsed, reactor=_state["reactor"], seed=seed)
-        blockingCallFromThread(_state["reactor"], bed.start)
+        try:
+            blockingCallFromThread(_state["reactor"], bed.start)
+        except Exception:
+            # Starting binds a dozen ephemeral ports (DNS pairs UDP with TCP's number):
+            # try once more on fresh ports, and say loudly what went wrong the first time.
+            import traceback
+            import warnings
+
+            first = traceback.format_exc()
+            bed = Testbed(parsed, reactor=_state["reactor"], seed=seed)
+            blockingCallFromThread(_state["reactor"], bed.start)
+            warnings.warn(TestbedStartWarning(f"the testbed for {parsed.source} started on the second try; "
+                                              f"the first failed with:\n{first}"))
         _state["beds"][key] = bed
     return bed
+
+
+class TestbedStartWarning(UserWarning):
+    """A testbed needed a second try to start (the first failure's traceback is in the message)."""
 
 
 @pytest.fixture

@@ -134,3 +134,32 @@ def test_bad(http_server):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*ScenarioError: testbed_scenario fixture: servers.http.listen: expected a Twisted endpoint string*"])
+
+
+def test_a_start_that_fails_once_is_retried_and_reported(pytester):
+    pytester.makeconftest('''
+import pytest
+from testbed.servers.http import HTTPServer
+
+calls = []
+original = HTTPServer.start
+
+def flaky_start(self):
+    calls.append(1)
+    if len(calls) == 1:
+        raise OSError("simulated bind failure")
+    return original(self)
+
+HTTPServer.start = flaky_start
+''')
+    pytester.makepyfile(test_retry='''
+import urllib.request
+
+def test_served(http_server):
+    http_server.route("/ok", body=b"ok")
+    assert urllib.request.urlopen(http_server.url + "/ok", timeout=10).read() == b"ok"
+''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*TestbedStartWarning: the testbed for <scenario> started on the second try*",
+                                 "*OSError: simulated bind failure*"])
