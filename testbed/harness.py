@@ -21,13 +21,13 @@ from testbed.tls import CertificateAuthority, ServerTLS
 
 #: Server name -> module implementing it (each has a ``SERVER`` class).
 SERVER_MODULES = {
-    "http": "testbed.servers.http",
-    "smtp": "testbed.servers.smtp",
-    "pop3": "testbed.servers.pop3",
-    "imap": "testbed.servers.imap",
-    "ftp": "testbed.servers.ftp",
-    "dns": "testbed.servers.dns",
-    "echo": "testbed.servers.echo",
+    "http": "testbed.servers.http.server",
+    "smtp": "testbed.servers.smtp.server",
+    "pop3": "testbed.servers.pop3.server",
+    "imap": "testbed.servers.imap.server",
+    "ftp": "testbed.servers.ftp.server",
+    "dns": "testbed.servers.dns.server",
+    "echo": "testbed.servers.echo.server",
 }
 
 
@@ -94,7 +94,7 @@ class Testbed:
     def mail(self):
         """The mail store shared by SMTP, POP3 and IMAP."""
         if self._mail is None:
-            from testbed.mailstore import MailStore
+            from testbed.mail.store import MailStore
 
             mail = self.scenario.mail
             self._mail = MailStore(maildir=self.scenario.path(mail.maildir) if mail.maildir else None,

@@ -21,8 +21,8 @@ from testbed.faults.engine import FaultEngine
 from testbed.faults.udp import FaultingDatagramProtocol
 from testbed.harness import Testbed
 from testbed.journal import COMMAND, ERROR, REPLY, Journal
-from testbed.servers.dns import DNSDatagram, DNSFactory, rr_text
-from testbed.servers.dns_records import ZoneSet
+from testbed.servers.dns.server import DNSDatagram, DNSFactory, rr_text
+from testbed.servers.dns.records import ZoneSet
 
 RECORDS = {
     "www.example.test": {"A": "192.0.2.1", "AAAA": "2001:db8::1"},

@@ -1,4 +1,4 @@
-"""Tests for testbed.servers.dns_records: ZoneSet lookups, zones, zone files, errors, and a live DNS server."""
+"""Tests for testbed.servers.dns.records: ZoneSet lookups, zones, zone files, errors, and a live DNS server."""
 
 import ipaddress
 import threading
@@ -15,7 +15,7 @@ from twisted.names import error as terror
 from twisted.names import resolve, server
 from twisted.python import threadable
 
-from testbed.servers.dns_records import (
+from testbed.servers.dns.records import (
     Zone,
     ZoneNameError,
     ZoneRefusedError,

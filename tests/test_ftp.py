@@ -16,9 +16,9 @@ from twisted.python.failure import Failure
 from testbed import testing
 from testbed.faults.catalog import PROTOCOLS
 from testbed.journal import CLOSE, COMMAND, ERROR, OPEN, REPLY, STORED
-from testbed.servers import ftp as ftp_server
-from testbed.servers.ftp import COMMANDS, FTPFactory, FTPProtocol, _ASCIIUpload, _to_crlf
-from testbed.servers.ftp_fs import MemoryShell
+from testbed.servers.ftp import server as ftp_server
+from testbed.servers.ftp.server import COMMANDS, FTPFactory, FTPProtocol, _ASCIIUpload, _to_crlf
+from testbed.servers.ftp.fs import MemoryShell
 
 SEED = {
     "pub/readme.txt": "hello world\n",

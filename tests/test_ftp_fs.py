@@ -1,4 +1,4 @@
-"""Tests for testbed.servers.ftp_fs: the jailed and in-memory IFTPShell filesystems.
+"""Tests for testbed.servers.ftp.fs: the jailed and in-memory IFTPShell filesystems.
 
 The shells' Deferreds fire synchronously; reads are pumped by hand (no reactor).
 """
@@ -18,8 +18,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from testbed.servers import ftp_fs
-from testbed.servers.ftp_fs import (
+from testbed.servers.ftp import fs as ftp_fs
+from testbed.servers.ftp.fs import (
     CHUNK_SIZE,
     ChunkedFileSender,
     JailedShell,

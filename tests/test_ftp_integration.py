@@ -552,7 +552,7 @@ def _maxrss_mb() -> float:
 
 
 def test_200_mb_down_and_up_without_holding_it_in_memory(ftp_server, ftp_root, monkeypatch):
-    import testbed.servers.ftp as ftp_module
+    import testbed.servers.ftp.server as ftp_module
 
     size_mb = 200
     source = ftp_root / "pub" / "big.bin"

@@ -9,9 +9,9 @@ from twisted.internet.task import Clock
 
 from testbed import testing
 from testbed.config import IMAPConfig
-from testbed.mailstore import MailStore
-from testbed.servers import imap
-from testbed.servers.imap import IMAPFactory, build_factory
+from testbed.mail.store import MailStore
+from testbed.servers.imap import server as imap
+from testbed.servers.imap.server import IMAPFactory, build_factory
 
 USER, PASSWORD = "alice@example.test", "secret"
 NOW = 1_700_000_000.0

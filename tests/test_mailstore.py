@@ -1,4 +1,4 @@
-"""Tests for testbed.mailstore: users, mailboxes, flags, folders and the Maildir persistence."""
+"""Tests for testbed.mail.store: users, mailboxes, flags, folders and the Maildir persistence."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from testbed import mailstore
-from testbed.mailstore import INBOX, InvalidNameError, MailStore, StoredMessage
+from testbed.mail import store as mailstore
+from testbed.mail.store import INBOX, InvalidNameError, MailStore, StoredMessage
 
 
 def make_raw(subject: str, body: str = "Hello.\r\n") -> bytes:
@@ -780,7 +780,7 @@ def test_no_reactor_or_twisted_mail_import():
     import sys
 
     code = (
-        "import sys, testbed.mailstore; "
+        "import sys, testbed.mail.store; "
         "bad = [m for m in sys.modules if m.startswith(('twisted.mail', 'twisted.internet.reactor'))]; "
         "assert not bad, bad"
     )

@@ -139,7 +139,7 @@ def test_bad(http_server):
 def test_a_start_that_fails_once_is_retried_and_reported(pytester):
     pytester.makeconftest('''
 import pytest
-from testbed.servers.http import HTTPServer
+from testbed.servers.http.server import HTTPServer
 
 calls = []
 original = HTTPServer.start

@@ -15,8 +15,8 @@ from testbed import testing
 from testbed.config import POP3Config
 from testbed.faults.engine import FaultEngine
 from testbed.journal import COMMAND, REPLY, Journal
-from testbed.mailstore import MailStore
-from testbed.servers import pop3
+from testbed.mail.store import MailStore
+from testbed.servers.pop3 import server as pop3
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 NOW = 1_700_000_000

@@ -12,8 +12,8 @@ from twisted.internet.task import Clock
 
 from testbed import testing
 from testbed.config import SMTPConfig
-from testbed.mailstore import MailStore
-from testbed.servers.smtp import build_factory
+from testbed.mail.store import MailStore
+from testbed.servers.smtp.server import build_factory
 
 USERS = {"alice@example.test": "secret", "bob@example.test": "hunter2"}
 GREETING = b"220 testbed.test ESMTP twisted-testbed\r\n"

@@ -24,8 +24,8 @@ from twisted.internet import defer
 from twisted.mail import imap4
 from zope.interface import implementer
 
-from testbed.mailstore import SEPARATOR, SYSTEM_FLAGS, InvalidNameError, MailStore, Mailbox, StoredMessage
-from testbed.mailstore import normalize_mailbox_name, normalize_user
+from testbed.mail.store import SEPARATOR, SYSTEM_FLAGS, InvalidNameError, MailStore, Mailbox, StoredMessage
+from testbed.mail.store import normalize_mailbox_name, normalize_user
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _MONTH_NUMBER = {m.lower(): i + 1 for i, m in enumerate(MONTHS)}

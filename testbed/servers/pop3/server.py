@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from testbed.faults.wire import NO_FAULTS
 from testbed.journal import COMMAND, ERROR, REPLY, STORED
-from testbed.mailstore import normalize_user
+from testbed.mail.store import normalize_user
 from testbed.servers.base import Server
 
 __all__ = ["POP3Server", "POP3Factory", "POP3Session", "Retrieval", "TestbedPOP3", "Maildrop", "build_factory"]

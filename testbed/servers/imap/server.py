@@ -28,9 +28,9 @@ from twisted.mail import imap4
 from testbed.config import IMAPConfig
 from testbed.faults.wire import NO_FAULTS
 from testbed.journal import COMMAND, ERROR, REPLY, STORED
-from testbed.mailstore import MailStore
+from testbed.mail.store import MailStore
 from testbed.servers.base import Server
-from testbed.servers.imap_store import (Account, LoginCredentials, SearchError, body_structure, envelope,
+from testbed.servers.imap.store import (Account, LoginCredentials, SearchError, body_structure, envelope,
                                         imap_date, parse_imap_date, portal_for, wire)
 
 IMAP4Server = imap4.IMAP4Server

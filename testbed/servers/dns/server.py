@@ -29,7 +29,7 @@ from testbed.faults.udp import FaultingDatagramProtocol, apply_datagram_fault
 from testbed.faults.wire import NO_FAULTS
 from testbed.journal import COMMAND, ERROR, REPLY, STORED
 from testbed.servers.base import Server
-from testbed.servers.dns_records import ZoneServerFactory, ZoneSet
+from testbed.servers.dns.records import ZoneServerFactory, ZoneSet
 from testbed.servers.udp import listen_udp, udp_address
 
 __all__ = ["DNSFactory", "DNSQuery", "DNSServer", "DNSStream", "DNSDatagram", "RCODES", "rdata_text", "rr_text"]

@@ -27,7 +27,7 @@ from zope.interface import implementer
 from testbed.faults.wire import NO_FAULTS, FaultingFactory, FaultingProtocol
 from testbed.journal import COMMAND, ERROR, OPEN, REPLY, STORED
 from testbed.servers.base import Server
-from testbed.servers.ftp_fs import ChunkedFileSender, files_snapshot, make_shell
+from testbed.servers.ftp.fs import ChunkedFileSender, files_snapshot, make_shell
 
 _log = Logger()
 
