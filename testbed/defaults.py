@@ -1,55 +1,26 @@
-"""The embedded default scenario of ``twistd -n testbed``: every server on its fixed loopback port."""
+"""The embedded default scenario of ``twistd -n testbed``: every server on its well-known loopback port.
 
-DEFAULT_SCENARIO_TOML = """\
-# The scenario `twistd -n testbed` runs when no --config is given.
-seed = 0
-
-[journal]
-max_events = 200000  # a long-running daemon keeps the newest events; --journal FILE keeps them all
-
-[servers.http]
-listen = "tcp:8080:interface=127.0.0.1"
-tls_listen = "tcp:8443:interface=127.0.0.1"
-
-[servers.smtp]
-listen = "tcp:2525:interface=127.0.0.1"
-tls = "starttls"
-tls_listen = "tcp:2465:interface=127.0.0.1"
-
-[servers.pop3]
-listen = "tcp:2110:interface=127.0.0.1"
-tls = "starttls"
-tls_listen = "tcp:2995:interface=127.0.0.1"
-
-[servers.imap]
-listen = "tcp:2143:interface=127.0.0.1"
-tls = "starttls"
-tls_listen = "tcp:2993:interface=127.0.0.1"
-
-[servers.ftp]
-listen = "tcp:2121:interface=127.0.0.1"
-tls = "starttls"
-anonymous = true
-
-[servers.ftp.files]
-"pub/readme.txt" = "Served by twisted-testbed's in-memory FTP tree.\\n"
-"incoming/" = ""
-
-[servers.dns]
-listen = "tcp:1053:interface=127.0.0.1"
-
-[servers.dns.records]
-"www.example.test" = { A = "127.0.0.1", AAAA = "::1" }
-"mail.example.test" = { A = "127.0.0.1" }
-"example.test" = { MX = "10 mail.example.test", TXT = "v=spf1 -all" }
-
-[users]
-"alice@example.test" = "secret"
-"bob@example.test" = "secret"
+The ports and per-protocol defaults come from the registry; this module adds
+what is not a protocol's: the seed, the journal bound and the users.
 """
+
+from __future__ import annotations
+
+import copy
+
+from testbed import registry
+
+#: What the default scenario sets besides its servers.
+_BASE = {
+    "seed": 0,
+    # A long-running daemon keeps the newest events; --journal FILE keeps them all.
+    "journal": {"max_events": 200000},
+    "users": {"alice@example.test": "secret", "bob@example.test": "secret"},
+}
 
 
 def default_scenario_data() -> dict:
-    import tomllib
-
-    return tomllib.loads(DEFAULT_SCENARIO_TOML)
+    """The embedded default scenario, as the data a TOML file would give."""
+    data = copy.deepcopy(_BASE)
+    data["servers"] = registry.daemon_scenario_servers()
+    return data

@@ -1,42 +1,39 @@
-"""The testbed: builds every enabled server of a scenario on one reactor, and is the handle tests hold.
+"""The testbed: a MultiService of every enabled server instance of a scenario, and the handle tests hold.
 
-It owns the run's journal, fault engine, TLS material and mail store; server
-modules are imported only when their server is enabled, since some of
-Twisted's protocol modules install a reactor at import.
+It owns the run's journal, fault engine, TLS material and mail store, and
+hands each server a narrow ``ServerContext``. Server classes come from the
+registry and their modules are imported only when an instance runs, since
+some of Twisted's protocol modules install a reactor at import.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Mapping
 
+from twisted.application import service
 from twisted.internet import defer
 
 from testbed import config as config_module
-from testbed.config import Scenario
+from testbed import runtime
+from testbed.config import Scenario, ServerEntry
 from testbed.faults.engine import FaultEngine
 from testbed.journal import JSONLWriter, Journal
-from testbed.servers.base import REACTOR_THREAD, Server, in_reactor_thread
+from testbed.servers.base import Server, ServerContext
 from testbed.tls import CertificateAuthority, ServerTLS
 
-#: Server name -> module implementing it (each has a ``SERVER`` class).
-SERVER_MODULES = {
-    "http": "testbed.servers.http.server",
-    "smtp": "testbed.servers.smtp.server",
-    "pop3": "testbed.servers.pop3.server",
-    "imap": "testbed.servers.imap.server",
-    "ftp": "testbed.servers.ftp.server",
-    "dns": "testbed.servers.dns.server",
-    "echo": "testbed.servers.echo.server",
-}
 
+class Testbed(service.MultiService):
+    """Every server of one scenario, with its journal, faults, TLS and mail store.
 
-class Testbed:
-    """Every server of one scenario, with its journal, faults, TLS and mail store."""
+    Its servers are child services; so can other services be (the control
+    API, a proxy). ``start()``/``stop()`` return Deferreds for code that runs
+    it on a reactor of its own; ``twistd`` runs it as a service.
+    """
 
     __test__ = False  # not a pytest test class, despite the name
 
     def __init__(self, scenario: Scenario | Mapping | str | None = None, reactor=None, seed: int | None = None):
+        super().__init__()
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -44,37 +41,63 @@ class Testbed:
         self.seed = self.scenario.seed if seed is None else seed
         self.journal = Journal(payload_cap=self.scenario.journal.payload_cap,
                                max_events=self.scenario.journal.max_events)
-        self.faults = FaultEngine(self.seed, self.journal, self.scenario.faults)
+        targets = self.scenario.servers.targets()
+        self.faults = FaultEngine(self.seed, self.journal, self.scenario.faults,
+                                  build_rule=lambda **rule: config_module.rule_from_kwargs("faults.add()", targets,
+                                                                                           **rule))
         tls = self.scenario.tls
         ca = CertificateAuthority.load(self.scenario.path(tls.ca_cert), self.scenario.path(tls.ca_key)) if tls.ca_cert else None
         self.tls = ServerTLS(ca, tls.hostnames)
-        self.servers: dict[str, Server] = {}
         self._mail = None
         self._writers: list[JSONLWriter] = []
+        self.servers: dict[str, Server] = {}
+        for entry in self.scenario.servers.enabled():
+            server = entry.spec.load_server()(self._context(entry))
+            server.setName(entry.name)
+            server.setServiceParent(self)
+            self.servers[entry.name] = server
+
+    def _context(self, entry: ServerEntry) -> ServerContext:
+        scenario = self.scenario
+        return ServerContext(name=entry.name, protocol=entry.protocol, config=entry.config, reactor=self.reactor,
+                             journal=self.journal, faults=self.faults, tls=self.tls, users=scenario.users,
+                             path=scenario.path, source=scenario.source, mail=lambda: self.mail, call=self.call)
 
     # -- life ----------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def start(self):
-        """Start every enabled server; fires with the testbed once all listen."""
-        try:
-            for name, server_config in self.scenario.servers.enabled():
-                module = importlib.import_module(SERVER_MODULES[name])
-                server = module.SERVER(self, name, server_config)
-                self.servers[name] = server
-                yield server.start()
-        except BaseException:
-            yield self.stop()
-            raise
-        return self
+    def privilegedStartService(self):
+        """Under twistd: bind every listener now, so a port in use stops the daemon before it runs."""
+        super().privilegedStartService()
+        failures = []
+        for server in self.servers.values():
+            if server.started is not None:
+                server.started.addErrback(failures.append)
+        if failures:
+            failures[0].raiseException()
 
-    @defer.inlineCallbacks
-    def stop(self):
-        for server in list(self.servers.values()):
-            yield server.stop()
-        for writer in self._writers:
-            writer.close()
-        self._writers = []
+    def start(self) -> defer.Deferred:
+        """Start every enabled server; fires with the testbed once all listen (fails with the first error)."""
+        self.startService()
+        d = defer.gatherResults([server.started for server in self.servers.values()], consumeErrors=True)
+
+        def failed(failure):
+            first = failure.value.subFailure if isinstance(failure.value, defer.FirstError) else failure
+            return self.stop().addBoth(lambda _: first)
+
+        return d.addCallbacks(lambda _: self, failed)
+
+    def stop(self) -> defer.Deferred:
+        """Stop every server (and any other child service); fires once all stopped listening."""
+        d = defer.maybeDeferred(self.stopService) if self.running else defer.gatherResults(
+            [defer.maybeDeferred(s.stop) for s in self.servers.values()])
+
+        def close_writers(result):
+            for writer in self._writers:
+                writer.close()
+            self._writers = []
+            return result
+
+        return d.addBoth(close_writers)
 
     def reset(self) -> None:
         """Between tests: journal, runtime faults, counters and every server's state back to the start."""
@@ -92,7 +115,7 @@ class Testbed:
 
     @property
     def mail(self):
-        """The mail store shared by SMTP, POP3 and IMAP."""
+        """The mail store shared by SMTP, POP3, IMAP (and FTP's users)."""
         if self._mail is None:
             from testbed.mail.store import MailStore
 
@@ -125,13 +148,4 @@ class Testbed:
 
     def call(self, fn, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` in the reactor thread and return its result (directly when already there)."""
-        if in_reactor_thread() or not self.reactor.running:
-            return fn(*args, **kwargs)
-        from twisted.internet.threads import blockingCallFromThread
-
-        return blockingCallFromThread(self.reactor, fn, *args, **kwargs)
-
-
-def set_reactor_thread(ident: int | None) -> None:
-    """Declare which thread runs the reactor (the pytest face runs it in a background thread)."""
-    REACTOR_THREAD[0] = ident
+        return runtime.call(self.reactor, fn, *args, **kwargs)

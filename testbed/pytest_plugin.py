@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 
 import pytest
-
-SERVER_FIXTURES = ("http", "smtp", "pop3", "imap", "ftp", "dns")
 
 _state: dict = {"reactor": None, "thread": None, "beds": {}}
 
@@ -54,18 +51,14 @@ def pytest_configure(config):
     _install_reactor(reactor_name)
     from twisted.internet import reactor
 
-    from testbed.harness import set_reactor_thread
+    from testbed import runtime
 
     if reactor.running:
         return
-    running = threading.Event()
-    reactor.callWhenRunning(running.set)
-    thread = threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False},
-                              name="testbed-reactor", daemon=True)
-    thread.start()
-    if not running.wait(30):
-        raise pytest.UsageError("testbed: the Twisted reactor did not start within 30 seconds")
-    set_reactor_thread(thread.ident)
+    try:
+        thread = runtime.start_reactor_thread(reactor)
+    except RuntimeError as e:
+        raise pytest.UsageError(f"testbed: {e}") from None
     _state.update(reactor=reactor, thread=thread)
 
 
@@ -81,8 +74,9 @@ def pytest_unconfigure(config):
         except Exception:
             pass
     _state["beds"].clear()
-    reactor.callFromThread(reactor.stop)
-    thread.join(10)
+    from testbed import runtime
+
+    runtime.stop_reactor_thread(reactor, thread)
     _state.update(reactor=None, thread=None)
 
 
@@ -180,21 +174,25 @@ def testbed(request, testbed_scenario):
     return bed
 
 
-def _server_fixture(name: str):
+def _server_fixture(name: str, fixture_name: str):
     def fixture(testbed):
         return testbed[name]
 
-    fixture.__name__ = f"{name}_server"
-    fixture.__doc__ = f"The running {name.upper()} server of the testbed (see testbed.servers.{name})."
-    return pytest.fixture(fixture, name=f"{name}_server")
+    fixture.__name__ = fixture_name
+    fixture.__doc__ = f"The running {name.upper()} server of the testbed (see testbed.servers.{name}.server)."
+    return pytest.fixture(fixture, name=fixture_name)
 
 
-http_server = _server_fixture("http")
-smtp_server = _server_fixture("smtp")
-pop3_server = _server_fixture("pop3")
-imap_server = _server_fixture("imap")
-ftp_server = _server_fixture("ftp")
-dns_server = _server_fixture("dns")
+def _register_server_fixtures() -> None:
+    """One fixture per protocol that names one in the registry (``smtp_server``...)."""
+    from testbed import registry
+
+    for name, spec in registry.protocols().items():
+        if spec.fixture:
+            globals()[spec.fixture] = _server_fixture(name, spec.fixture)
+
+
+_register_server_fixtures()
 
 
 # -- failure reports -------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The ``twistd testbed`` face: options, and the service that runs a scenario's servers.
 
-Listening happens in ``privilegedStartService`` so that a port in use or a bad
-scenario stops twistd at once, with the reason, instead of a half-started daemon.
+The service is the ``Testbed`` itself: its servers listen in
+``privilegedStartService``, so that a port in use or a bad scenario stops
+twistd at once, with the reason, instead of a half-started daemon.
 """
 
 from __future__ import annotations
@@ -14,21 +15,11 @@ from twisted.application import service
 from twisted.python import usage
 
 from testbed import config as config_module
+from testbed import registry
 from testbed.defaults import default_scenario_data
 
-#: ``--OPTION ENDPOINT`` -> (server, scenario key it sets).
-ENDPOINT_OPTIONS = {
-    "http": ("http", "listen"),
-    "https": ("http", "tls_listen"),
-    "smtp": ("smtp", "listen"),
-    "smtps": ("smtp", "tls_listen"),
-    "pop3": ("pop3", "listen"),
-    "pop3s": ("pop3", "tls_listen"),
-    "imap": ("imap", "listen"),
-    "imaps": ("imap", "tls_listen"),
-    "ftp": ("ftp", "listen"),
-    "dns": ("dns", "listen"),
-}
+#: ``--OPTION ENDPOINT`` -> (server, scenario key it sets), from the registry's listeners.
+ENDPOINT_OPTIONS = registry.endpoint_options()
 
 
 class Options(usage.Options):
@@ -92,42 +83,27 @@ class Options(usage.Options):
         return config_module.from_dict(data, source=source, base_dir=base_dir)
 
 
-class TestbedService(service.Service):
-    """Runs one Testbed for the life of the daemon."""
+class Announcer(service.Service):
+    """The last child of the daemon's testbed: once every server listens, say where, then ``ready``."""
 
-    def __init__(self, options: Options):
+    def __init__(self, bed, options: Options):
+        self.bed = bed
         self.options = options
-        self.bed = None
 
-    def privilegedStartService(self):
-        from testbed.harness import Testbed
-
-        options = self.options
-        self.bed = Testbed(options.scenario, seed=options["seed"])
-        if options["journal"]:
-            self.bed.write_journal(options["journal"])
-        started = self.bed.start()
-        failures = []
-        started.addErrback(failures.append)
-        if failures:
-            failures[0].raiseException()
+    def startService(self):
+        super().startService()
+        options, bed = self.options, self.bed
         if options["ca-out"]:
-            self.bed.tls.write_ca(options["ca-out"])
+            bed.tls.write_ca(options["ca-out"])
         out = sys.__stdout__
-        out.write(f"twisted-testbed: scenario {options.scenario.source}, seed {self.bed.seed}\n")
-        for line in self.bed.describe():
+        out.write(f"twisted-testbed: scenario {options.scenario.source}, seed {bed.seed}\n")
+        for line in bed.describe():
             out.write(f"twisted-testbed: {line}\n")
         if options["ca-out"]:
             out.write(f"twisted-testbed: CA certificate written to {options['ca-out']}\n")
         out.write("twisted-testbed: ready\n")  # scripts driving the daemon wait for this line
         out.flush()
         settle()
-        service.Service.privilegedStartService(self)
-
-    def stopService(self):
-        service.Service.stopService(self)
-        if self.bed is not None:
-            return self.bed.stop()
 
 
 def settle() -> None:
@@ -141,4 +117,11 @@ def settle() -> None:
 
 
 def makeService(options: Options) -> service.IService:
-    return TestbedService(options)
+    """The testbed itself (a MultiService of its servers), announcing itself once it listens."""
+    from testbed.harness import Testbed
+
+    bed = Testbed(options.scenario, seed=options["seed"])
+    if options["journal"]:
+        bed.write_journal(options["journal"])
+    Announcer(bed, options).setServiceParent(bed)
+    return bed

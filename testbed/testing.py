@@ -14,10 +14,15 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from testbed.config import FaultRule, rule_from_kwargs
+from testbed import registry
+from testbed.config import rule_from_kwargs
 from testbed.faults.engine import FaultEngine
+from testbed.faults.rules import FaultRule
+from testbed.faults.seam import SeamFactory
 from testbed.faults.wire import FaultingFactory, FaultingProtocol
 from testbed.journal import Journal
+
+__all__ = ["Connection", "connect", "engine", "rules", "SeamFactory"]
 
 
 @attrs.define
@@ -77,14 +82,30 @@ def rules(*specs: Mapping[str, Any]) -> list[FaultRule]:
     return [rule_from_kwargs(f"rules[{i}]", **spec) for i, spec in enumerate(specs)]
 
 
+def engine(seed: int = 0, journal: Journal | None = None, rules: Iterable[FaultRule] = ()) -> FaultEngine:
+    """A fault engine whose ``add(**rule)`` validates against every protocol under its own name."""
+    return FaultEngine(seed, Journal() if journal is None else journal, list(rules),
+                       build_rule=lambda **rule: rule_from_kwargs("faults.add()", **rule))
+
+
+_new_engine = engine  # ``connect`` takes an ``engine`` argument of the same name
+
+
 def connect(factory, server: str, rules: Iterable[FaultRule] = (), seed: int = 0, clock: Clock | None = None,
             journal: Journal | None = None, engine: FaultEngine | None = None, tls: bool = False,
-            peer=("127.0.0.1", 40000)) -> Connection:
-    """Connect a new client to ``factory`` through the fault wrapper, on a StringTransport."""
+            peer=("127.0.0.1", 40000), protocol: str | None = None) -> Connection:
+    """Connect a new client to ``factory`` through the fault wrapper, on a StringTransport.
+
+    ``server`` names the instance (its rules and journal entries); ``protocol``
+    (default: the same name) gives the reply wording of its ``reply`` faults.
+    A ``SeamFactory`` hands each protocol its connection's seam.
+    """
     clock = clock or Clock()
     journal = Journal(clock=clock.seconds) if journal is None else journal
-    engine = FaultEngine(seed, journal, list(rules)) if engine is None else engine
-    wrapping = FaultingFactory(factory, server, engine, journal, clock, tls=tls)
+    engine = _new_engine(seed, journal, rules) if engine is None else engine
+    spec = registry.protocols().get(protocol or server)
+    wrapping = FaultingFactory(factory, server, engine, journal, clock, tls=tls,
+                               replies=spec.replies if spec is not None else None)
     addr = IPv4Address("TCP", *peer)
     wrapper = wrapping.buildProtocol(addr)
     transport = StringTransport(peerAddress=addr, hostAddress=IPv4Address("TCP", "127.0.0.1", 2525))

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from testbed.config import CERTIFICATE_KINDS as KINDS
+from testbed.registry import CERTIFICATE_KINDS as KINDS
 
 _DAY = datetime.timedelta(days=1)
 

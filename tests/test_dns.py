@@ -45,7 +45,7 @@ class Rig:
     def __init__(self, *rules, seed=0):
         self.clock = Clock()
         self.journal = Journal(clock=self.clock.seconds)
-        self.engine = FaultEngine(seed, self.journal, testing.rules(*[dict(server="dns", **r) for r in rules]))
+        self.engine = testing.engine(seed, self.journal, testing.rules(*[dict(server="dns", **r) for r in rules]))
         self.factory = DNSFactory(ZoneSet(RECORDS), engine=self.engine, journal=self.journal, clock=self.clock)
         self.port = FakeDatagramTransport()
         self.udp = FaultingDatagramProtocol(DNSDatagram(self.factory, reactor=self.clock), "dns", self.engine,

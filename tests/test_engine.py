@@ -6,7 +6,7 @@ from testbed.journal import Journal
 
 
 def engine(*specs, seed=1):
-    return FaultEngine(seed, Journal(), testing.rules(*specs))
+    return testing.engine(seed, Journal(), testing.rules(*specs))
 
 
 def test_no_rules_means_no_fault():

@@ -14,7 +14,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from testbed import testing
-from testbed.faults.catalog import PROTOCOLS
+from testbed.registry import fault_surfaces
 from testbed.journal import CLOSE, COMMAND, ERROR, OPEN, REPLY, STORED
 from testbed.servers.ftp import server as ftp_server
 from testbed.servers.ftp.server import COMMANDS, FTPFactory, FTPProtocol, _ASCIIUpload, _to_crlf
@@ -28,6 +28,8 @@ SEED = {
 }
 USERS = {"alice@example.test": "secret"}
 CLIENT = IPv4Address("TCP", "127.0.0.1", 40000)
+
+PROTOCOLS = fault_surfaces()
 
 
 class DataSide:

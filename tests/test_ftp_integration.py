@@ -56,7 +56,7 @@ def login(server, user="alice", password="secret", timeout: float = TIMEOUT) -> 
 
 
 def tls_login(server, timeout: float = TIMEOUT) -> ftplib.FTP_TLS:
-    context = ssl.create_default_context(cafile=server.bed.ca_path)
+    context = ssl.create_default_context(cafile=server.ca_path)
     client = ftplib.FTP_TLS(context=context, timeout=timeout)
     client.connect(server.host, server.port)
     client.auth()
@@ -72,11 +72,11 @@ def retr(client: ftplib.FTP, path: str, rest: int | None = None) -> bytes:
 
 
 def errors(server, **match) -> list[dict]:
-    return server.bed.journal.query("error", server="ftp", **match)
+    return server.context.journal.query("error", server="ftp", **match)
 
 
 def replies(server) -> list[int]:
-    return [e["code"] for e in server.bed.journal.query("reply", server="ftp")]
+    return [e["code"] for e in server.context.journal.query("reply", server="ftp")]
 
 
 # -- ftplib --------------------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ def test_retr_and_stor(ftp_server, ftp_root):
     assert (upload.path, upload.size, upload.user) == ("incoming/retr_and_stor.txt", 9, "alice")
     assert ftp_server.files["incoming/retr_and_stor.txt"] == 9
     assert (ftp_root / "incoming" / "retr_and_stor.txt").read_bytes() == b"uploaded\n"
-    stored = ftp_server.bed.journal.query("stored", server="ftp")
+    stored = ftp_server.context.journal.query("stored", server="ftp")
     assert stored[0]["path"] == "incoming/retr_and_stor.txt"
 
 
@@ -185,7 +185,7 @@ def test_every_data_connection_mode(ftp_server, mode):
         assert retr(client, "pub/readme.txt") == README
         client.storbinary(f"STOR incoming/mode-{mode}.txt", io.BytesIO(mode.encode()))
     client.quit()
-    opened = ftp_server.bed.journal.query("connection.open", server="ftp", channel="data")
+    opened = ftp_server.context.journal.query("connection.open", server="ftp", channel="data")
     assert opened and opened[0]["mode"] == ("passive" if mode in ("PASV", "EPSV") else "active")
 
 
@@ -212,14 +212,14 @@ def test_ftp_tls_with_prot_p(ftp_server, ftp_root):
     assert (ftp_root / "incoming" / "tls.txt").read_bytes() == b"over TLS\n"
     (upload,) = ftp_server.uploads
     assert upload.tls
-    assert all(e["tls"] for e in ftp_server.bed.journal.query("connection.open", server="ftp", channel="data"))
+    assert all(e["tls"] for e in ftp_server.context.journal.query("connection.open", server="ftp", channel="data"))
 
 
 # -- curl ----------------------------------------------------------------------------------------------------
 
 
 def curl(server, *args: str, tls: bool = False, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    extra = ["--ssl-reqd", "--cacert", server.bed.ca_path] if tls else []
+    extra = ["--ssl-reqd", "--cacert", server.ca_path] if tls else []
     return subprocess.run([CURL, "-sS", "--max-time", str(timeout), "-u", "alice:secret", *extra, *args],
                           capture_output=True, timeout=timeout + 5)
 
@@ -256,7 +256,7 @@ def test_curl(ftp_server, ftp_root, tmp_path, tls):
     resumed = curl(ftp_server, "-C", "-", "-T", str(local), url(ftp_server, f"/incoming/{name}-resume.bin"), tls=tls)
     assert resumed.returncode == 0, resumed.stderr
     assert (ftp_root / "incoming" / f"{name}-resume.bin").read_bytes() == local.read_bytes()
-    commands = [e["command"] for e in ftp_server.bed.journal.query("command", server="ftp")]
+    commands = [e["command"] for e in ftp_server.context.journal.query("command", server="ftp")]
     assert "REST" in commands and "APPE" in commands and "NLST" in commands
     assert ("AUTH" in commands) == tls
 
@@ -267,7 +267,7 @@ def test_curl(ftp_server, ftp_root, tmp_path, tls):
 def lftp(server, script: str, tls: bool = False, timeout: float = 30) -> subprocess.CompletedProcess:
     settings = "set net:max-retries 1; set net:timeout 10; set xfer:clobber on; set cmd:fail-exit yes; "
     if tls:
-        settings += f"set ftp:ssl-force true; set ftp:ssl-protect-data true; set ssl:ca-file {server.bed.ca_path}; "
+        settings += f"set ftp:ssl-force true; set ftp:ssl-protect-data true; set ssl:ca-file {server.ca_path}; "
     else:
         settings += "set ftp:ssl-allow false; "
     command = f"{settings}open -u alice,secret ftp://{server.host}:{server.port}; {script}"
@@ -285,7 +285,7 @@ def test_lftp(ftp_server, ftp_root, tmp_path, tls):
     assert b"readme.txt" in done.stdout and b"data.bin" in done.stdout
     assert got.read_bytes() == README
     assert (ftp_root / "incoming" / name).read_bytes() == local.read_bytes()
-    commands = {e["command"] for e in ftp_server.bed.journal.query("command", server="ftp")}
+    commands = {e["command"] for e in ftp_server.context.journal.query("command", server="ftp")}
     assert ("PROT" in commands) == tls
 
 
@@ -341,7 +341,7 @@ def test_absolute_paths_are_inside_the_root(ftp_server):
     assert retr(client, "/pub/../pub/readme.txt") == README
     client.quit()
     assert ("RETR", "/etc/passwd") in [(e["command"], e.get("arg"))
-                                       for e in ftp_server.bed.journal.query("command", server="ftp")]
+                                       for e in ftp_server.context.journal.query("command", server="ftp")]
     assert 550 in replies(ftp_server)
 
 
@@ -456,7 +456,7 @@ def test_stor_reply_faults(ftp_server, ftp_root, code, exception):
 
 @pytest.mark.fault(server="ftp", on="AUTH", action="reply", code=534)
 def test_auth_tls_534(ftp_server):
-    client = ftplib.FTP_TLS(context=ssl.create_default_context(cafile=ftp_server.bed.ca_path), timeout=TIMEOUT)
+    client = ftplib.FTP_TLS(context=ssl.create_default_context(cafile=ftp_server.ca_path), timeout=TIMEOUT)
     client.connect(ftp_server.host, ftp_server.port)
     with pytest.raises(ftplib.error_perm, match="^534"):
         client.auth()
@@ -464,7 +464,7 @@ def test_auth_tls_534(ftp_server):
 
 @pytest.mark.fault(server="ftp", on="PROT", action="reply", code=522, message="PROT P refused.")
 def test_prot_522(ftp_server):
-    client = ftplib.FTP_TLS(context=ssl.create_default_context(cafile=ftp_server.bed.ca_path), timeout=TIMEOUT)
+    client = ftplib.FTP_TLS(context=ssl.create_default_context(cafile=ftp_server.ca_path), timeout=TIMEOUT)
     client.connect(ftp_server.host, ftp_server.port)
     client.login("alice", "secret")  # FTP_TLS.login sends AUTH TLS first
     with pytest.raises(ftplib.error_perm, match="^522 PROT P refused."):

@@ -8,7 +8,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from testbed import testing
-from testbed.config import IMAPConfig
+from testbed.servers.imap.spec import IMAPConfig
 from testbed.mail.store import MailStore
 from testbed.servers.imap import server as imap
 from testbed.servers.imap.server import IMAPFactory, build_factory

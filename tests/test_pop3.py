@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from testbed import testing
-from testbed.config import POP3Config
+from testbed.servers.pop3.spec import POP3Config
 from testbed.faults.engine import FaultEngine
 from testbed.journal import COMMAND, REPLY, Journal
 from testbed.mail.store import MailStore
@@ -88,7 +88,7 @@ def bed(store):
     class Bed:
         clock = Clock()
         journal = Journal(clock=clock.seconds)
-        engine = FaultEngine(0, journal)
+        engine = testing.engine(0, journal)
         log = pop3.POP3Log()
 
         def factory(self, implicit: bool = False, **config):

@@ -34,7 +34,7 @@ def mail(testbed):
 
 def connect(server, tls: bool = False, timeout: float = 10) -> poplib.POP3:
     if tls:
-        context = ssl.create_default_context(cafile=server.bed.ca_path)
+        context = ssl.create_default_context(cafile=server.ca_path)
         return poplib.POP3_SSL(server.host, server.tls_port, timeout=timeout, context=context)
     return poplib.POP3(server.host, server.port, timeout=timeout)
 

@@ -11,7 +11,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from testbed import testing
-from testbed.config import SMTPConfig
+from testbed.servers.smtp.spec import SMTPConfig
 from testbed.mail.store import MailStore
 from testbed.servers.smtp.server import build_factory
 

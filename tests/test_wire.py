@@ -18,7 +18,7 @@ class Talker(Protocol):
     def dataReceived(self, data):
         self.received += data
         if data == b"?":
-            self.faults.at("request", path="/x")
+            self.seam.at("request", path="/x")
             self.transport.write(b"0123456789")
         else:
             self.transport.write(data)
@@ -27,8 +27,12 @@ class Talker(Protocol):
         self.lost = True
 
 
+class TalkerFactory(testing.SeamFactory, Factory):
+    """Hands each Talker its connection's seam."""
+
+
 def talk(*specs, seed=0):
-    return testing.connect(Factory.forProtocol(Talker), "http", rules=testing.rules(*specs), seed=seed)
+    return testing.connect(TalkerFactory.forProtocol(Talker), "http", rules=testing.rules(*specs), seed=seed)
 
 
 def test_without_faults_bytes_pass_untouched_and_are_journaled():

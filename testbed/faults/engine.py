@@ -12,12 +12,11 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import random
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import attrs
 
-from testbed.config import FaultRule, rule_from_kwargs
-from testbed.faults.catalog import PROTOCOLS, UDP_ACTIONS, WIRE_ACTIONS
+from testbed.faults.rules import FaultRule
 from testbed.journal import FAULT, Journal
 
 
@@ -76,9 +75,7 @@ class Fault:
 
     @property
     def wire(self) -> bool:
-        protocol = PROTOCOLS[self.rule.server]
-        return self.rule.action not in protocol.actions and (
-            self.rule.action in WIRE_ACTIONS or self.rule.action in UDP_ACTIONS)
+        return self.rule.wire
 
     def param(self, key: str, default: Any = None) -> Any:
         return self.rule.param(key, default)
@@ -87,8 +84,11 @@ class Fault:
 class FaultEngine:
     """The rules of a run (from the scenario, plus those added at runtime) and their counters."""
 
-    def __init__(self, seed: int, journal: Journal, rules: Iterable[FaultRule] = ()):
+    def __init__(self, seed: int, journal: Journal, rules: Iterable[FaultRule] = (),
+                 build_rule: Callable[..., FaultRule] | None = None):
         self.seed = seed
+        #: Validates the keys of a runtime rule against the running servers (``add(**kwargs)``).
+        self._build_rule = build_rule
         self.journal = journal
         self._scenario = [_RuleState(r, f"scenario:{i}") for i, r in enumerate(rules)]
         self._runtime: list[_RuleState] = []
@@ -113,7 +113,9 @@ class FaultEngine:
     def add(self, rule: FaultRule | None = None, **kwargs: Any) -> FaultRule:
         """Add a rule at runtime (a FaultRule, or the keys of a ``[[faults]]`` entry)."""
         if rule is None:
-            rule = rule_from_kwargs("faults.add()", **kwargs)
+            if self._build_rule is None:
+                raise TypeError("this engine was built without a rule builder: pass a FaultRule")
+            rule = self._build_rule(**kwargs)
         self._added += 1
         self._runtime.append(_RuleState(rule, f"runtime:{self._added}"))
         self._index()

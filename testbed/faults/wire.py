@@ -19,6 +19,8 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import directlyProvides, implementer, providedBy
 
 from testbed.faults.engine import Fault, FaultEngine
+from testbed.faults.rules import FaultRule, ReplyStyle
+from testbed.faults.seam import SeamFactory, StageSeam
 from testbed.journal import CLOSE, DATA, OPEN, Journal
 
 #: Above this many bytes held by a shaper, the producer feeding it is paused.
@@ -254,75 +256,13 @@ class _ProducerGate:
             self.producer.resumeProducing()
 
 
-class ConnectionFaults:
-    """What a protocol asks at each stage: "is there a fault here?"
-
-    Wire actions are applied to the connection before the fault is returned;
-    protocol actions are the protocol's to carry out.
-    """
-
-    def __init__(self, engine: FaultEngine | None, server: str, conn: int, wrapper: "FaultingProtocol | None" = None):
-        self.engine = engine
-        self.server = server
-        self.conn = conn
-        self.wrapper = wrapper
-        self._connect: Fault | None = None
-        self._connect_asked = False
-
-    def wants(self, stage: str) -> bool:
-        """Whether a rule is aimed at ``stage``: ask before building costly attributes."""
-        return self.engine is not None and self.engine.wants(self.server, stage)
-
-    def at(self, stage: str, **attributes: Any) -> Fault | None:
-        if stage == "connect" and self._connect_asked:
-            return self._connect
-        if self.engine is None:
-            return None
-        fault = self.engine.decide(self.server, stage, self.conn, attributes)
-        if fault is not None and fault.wire and self.wrapper is not None:
-            self.wrapper.apply(fault)
-        if stage == "connect":
-            self._connect_asked, self._connect = True, fault
-        return fault
-
-    def apply(self, fault: Fault) -> None:
-        """Apply a wire action now (a protocol action's wire part, such as ``then = "reset"``)."""
-        if self.wrapper is not None:
-            self.wrapper.apply(fault)
-
-    def follow_up(self, fault: Fault, transport) -> None:
-        """Carry out a protocol fault's ``then``: "close" (FIN), "reset" (RST) or "stall" (black hole)."""
-        then = fault.param("then", "none")
-        if then == "close":
-            transport.loseConnection()
-        elif then == "reset":
-            transport.abortConnection()
-        elif then == "stall":
-            self.stall()
-
-    def stall(self) -> None:
-        """From now on nothing more reaches the client, not even a FIN."""
-        if self.wrapper is not None:
-            self.wrapper.black_hole()
-
-    def record(self, kind: str, **fields: Any) -> None:
-        """Journal an event of this connection."""
-        if self.engine is not None:
-            self.engine.journal.record(kind, self.server, self.conn, **fields)
-
-
 def _stall_fault() -> Fault:
     import random
 
-    from testbed.config import FaultRule
-
-    return Fault(FaultRule(server="http", action="stall", on="connect"), random.Random(0))
+    return Fault(FaultRule(server="", action="stall", on="connect", wire=True), random.Random(0))
 
 
 _STALL = _stall_fault()
-
-#: For protocols built without the wrapper (unit tests over a bare transport).
-NO_FAULTS = ConnectionFaults(None, "", 0)
 
 
 class FaultingProtocol(ProtocolWrapper):
@@ -337,12 +277,13 @@ class FaultingProtocol(ProtocolWrapper):
     up: Shaper | None = None
     _gate: _ProducerGate | None = None
 
-    def __init__(self, factory: "FaultingFactory", wrappedProtocol, conn: int):
+    def __init__(self, factory: "FaultingFactory", wrappedProtocol, seam: StageSeam):
         super().__init__(factory, wrappedProtocol)
-        self.conn = conn
+        self.conn = seam.conn
         self.server = factory.server
         self.journal: Journal = factory.journal
-        self.faults = ConnectionFaults(factory.engine, factory.server, conn, self)
+        self.seam = seam
+        seam.bind(self)
         self.bytes_up = self.bytes_down = 0
         self._captured_up = self._captured_down = 0
         self._cap = self.journal.payload_cap
@@ -365,7 +306,6 @@ class FaultingProtocol(ProtocolWrapper):
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
         if not self.refused:
-            self.wrappedProtocol.faults = self.faults
             self.wrappedProtocol.makeConnection(self)
 
     def getPeer(self):
@@ -387,7 +327,7 @@ class FaultingProtocol(ProtocolWrapper):
         peer = self._peer
         self.journal.record(OPEN, self.server, self.conn, peer=f"{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}",
                             listener=self.factory.label)
-        fault = self.faults.at("connect", tls=self.factory.tls)
+        fault = self.seam.at("connect", tls=self.factory.tls)
         if fault is not None and fault.action == "refuse":
             self.refused = True
             self.transport.loseConnection()
@@ -507,13 +447,16 @@ class FaultingProtocol(ProtocolWrapper):
 
 
 class FaultingFactory(WrappingFactory):
-    """Wraps a server factory so that every connection is numbered, journaled and faultable."""
+    """Wraps a server factory so that every connection is numbered, journaled and faultable.
+
+    A ``SeamFactory`` gets each connection's seam in ``buildProtocol(addr, seam)``.
+    """
 
     protocol = FaultingProtocol
     noisy = False
 
     def __init__(self, wrappedFactory, server: str, engine: FaultEngine, journal: Journal, clock,
-                 label: str = "", tls: bool = False, alpn: tuple[bytes, ...] = ()):
+                 label: str = "", tls: bool = False, alpn: tuple[bytes, ...] = (), replies: ReplyStyle | None = None):
         super().__init__(wrappedFactory)
         #: ALPN protocol ids this listener speaks under TLS (see testbed.tls).
         self.alpn = alpn
@@ -523,12 +466,23 @@ class FaultingFactory(WrappingFactory):
         self.clock = clock
         self.label = label or server
         self.tls = tls
+        self.replies = replies
+
+    def new_seam(self) -> StageSeam:
+        return StageSeam(self.engine, self.server, self.engine.next_connection(self.server), self.journal,
+                         self.clock, self.replies)
+
+    def build_wrapped(self, addr, seam: StageSeam):
+        if isinstance(self.wrappedFactory, SeamFactory):
+            return self.wrappedFactory.buildProtocol(addr, seam)
+        return self.wrappedFactory.buildProtocol(addr)
 
     def buildProtocol(self, addr):
-        wrapped = self.wrappedFactory.buildProtocol(addr)
+        seam = self.new_seam()
+        wrapped = self.build_wrapped(addr, seam)
         if wrapped is None:
             return None
-        return self.protocol(self, wrapped, self.engine.next_connection(self.server))
+        return self.protocol(self, wrapped, seam)
 
     def abort_all(self) -> int:
         """Abort every open connection (stalled ones would otherwise linger); returns how many."""
@@ -536,3 +490,37 @@ class FaultingFactory(WrappingFactory):
         for p in protocols:
             p.transport.abortConnection()
         return len(protocols)
+
+
+class _ChannelJournal:
+    """The journal as a secondary channel's wrapper sees it: every event marked with the channel's name."""
+
+    def __init__(self, journal: Journal, channel: str):
+        self._journal = journal
+        self._channel = channel
+        self.payload_cap = journal.payload_cap
+
+    def record(self, kind: str, server: str | None = None, conn: int | None = None, **fields: Any) -> dict:
+        fields.setdefault("channel", self._channel)
+        return self._journal.record(kind, server, conn, **fields)
+
+
+class ChannelFactory(FaultingFactory):
+    """The faulting factory of a connection's secondary channel (an FTP data connection, an SSH channel).
+
+    Built by ``StageSeam.channel``: its connections carry the parent
+    connection's number and seam, so rules and journal entries follow the
+    parent; its events are marked ``channel=LABEL``. It asks no ``connect``
+    stage of its own (the parent did); the protocol asks its stages.
+    """
+
+    def __init__(self, wrappedFactory, parent: StageSeam, label: str):
+        super().__init__(wrappedFactory, parent.server, parent.engine, _ChannelJournal(parent.journal, label),
+                         parent.clock, label=label, replies=parent.replies)
+        self.parent = parent
+        #: The journal without the channel mark, for events about the parent connection.
+        self.parent_journal = parent.journal
+
+    def new_seam(self) -> StageSeam:
+        seam = self.parent
+        return StageSeam(seam.engine, seam.server, seam.conn, self.journal, seam.clock, seam.replies)

@@ -81,6 +81,8 @@ def normalize_user(address: str) -> str:
 
     Also the user's directory name under the maildir root, so anything that could
     escape it or hide in it ("/", "\\", "..", a leading ".", NUL, CR, LF) is refused.
+    A name a client logs in with goes through `testbed.mail.credentials.login_user`
+    first, which documents the whole user-name rule.
     """
     if not isinstance(address, str) or not address:
         raise InvalidNameError(f"invalid user name {address!r}")

@@ -1,33 +1,51 @@
-"""What every running server shares: its listeners, the handle tests hold, and waiting.
+"""What every running server shares: the context it gets, its listeners, the handle tests hold, and waiting.
 
-A protocol module subclasses ``Server`` and implements ``start``; listening,
-fault wrapping, TLS, reset and the thread-safe ``wait_for`` live here.
+A protocol's server module subclasses ``Server`` and implements ``start``;
+listening, fault wrapping, TLS, reset and the thread-safe ``wait_for`` live
+here. A server is a child service of the testbed and sees only its
+``ServerContext``, never the testbed itself.
 """
 
 from __future__ import annotations
 
 import abc
-import threading
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import attrs
+from twisted.application import service
 from twisted.internet import defer
 
-if TYPE_CHECKING:
-    from testbed.harness import Testbed
+from testbed import registry
+from testbed.runtime import in_reactor_thread
 
 
 class WaitTimeout(AssertionError):
     """``wait_for`` ran out of time; the message says what arrived instead."""
 
 
-#: The thread running the reactor when it runs in a background thread (the
-#: pytest face); None when the reactor owns the main thread (twistd).
-REACTOR_THREAD: list[int | None] = [None]
+@attrs.frozen
+class ServerContext:
+    """What the run hands one server instance: no more than it needs."""
 
-
-def in_reactor_thread() -> bool:
-    ident = REACTOR_THREAD[0]
-    return ident is None or ident == threading.get_ident()
+    #: The instance name (journal events and fault rules use it) and its protocol.
+    name: str
+    protocol: str
+    config: Any
+    reactor: Any
+    #: The run's journal (the server records under its own name) and fault engine.
+    journal: Any
+    faults: Any
+    #: The run's TLS material (``testbed.tls.ServerTLS``).
+    tls: Any
+    #: The scenario's users (address -> password), its path resolver (relative to the scenario
+    #: file) and its source, for messages.
+    users: Mapping[str, str]
+    path: Callable[[str], str]
+    source: str
+    #: The shared mail store, built on first use (only mail servers and FTP ask).
+    mail: Callable[[], Any]
+    #: Run a function in the reactor thread from any thread (``testbed.runtime.call``).
+    call: Callable[..., Any]
 
 
 class Listener:
@@ -63,19 +81,24 @@ class ServerFaults:
 
     def add(self, **rule: Any):
         rule.setdefault("server", self._server.name)
-        bed = self._server.bed
-        return bed.call(bed.faults.add, **rule)
+        context = self._server.context
+        return context.call(context.faults.add, **rule)
 
     def clear(self) -> None:
-        bed = self._server.bed
-        bed.call(bed.faults.clear)
+        context = self._server.context
+        context.call(context.faults.clear)
 
     def fired(self) -> list[dict]:
-        return self._server.bed.journal.faults(self._server.name)
+        return self._server.context.journal.faults(self._server.name)
 
 
-class Server(abc.ABC):
-    """A running server: ``host``, ``port``, ``tls_port``, ``faults``, ``journal``, ``wait_for``."""
+class Server(service.Service, abc.ABC):
+    """A running server: ``host``, ``port``, ``tls_port``, ``faults``, ``journal``, ``wait_for``.
+
+    As a service it listens when started (in ``privilegedStartService`` under
+    twistd, so a port in use stops the daemon at once) and stops listening
+    when stopped; ``started`` fires once every listener is bound.
+    """
 
     #: URL scheme of the plain and the TLS listener ("http", "https"...).
     scheme = "tcp"
@@ -83,12 +106,36 @@ class Server(abc.ABC):
     #: ALPN protocol ids offered under TLS (HTTP: http/1.1); others negotiate none.
     alpn: tuple[bytes, ...] = ()
 
-    def __init__(self, bed: "Testbed", name: str, config: Any):
-        self.bed = bed
-        self.name = name
-        self.config = config
+    #: Fires once the server listens (or fails with why it could not).
+    started: defer.Deferred | None = None
+
+    def __init__(self, context: ServerContext):
+        self.context = context
+        self.name = context.name
+        self.config = context.config
+        self.reactor = context.reactor
         self.listeners: list[Listener] = []
         self.faults = ServerFaults(self)
+
+    # -- as a service ------------------------------------------------------
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self):
+        super().startService()
+        self._listen()
+
+    def _listen(self) -> defer.Deferred:
+        if self.started is None:
+            self.started = defer.maybeDeferred(self.start)
+        return self.started
+
+    def stopService(self):
+        super().stopService()
+        self.started = None
+        return self.stop()
 
     # -- to implement ------------------------------------------------------
 
@@ -105,7 +152,7 @@ class Server(abc.ABC):
     @property
     def tls(self):
         """The run's TLS material, serving this server's ``certificate`` chain."""
-        return self.bed.tls.serving(getattr(self.config, "certificate", "valid"))
+        return self.context.tls.serving(getattr(self.config, "certificate", "valid"))
 
     # -- listening -----------------------------------------------------------
 
@@ -116,15 +163,15 @@ class Server(abc.ABC):
 
         from testbed.faults.wire import FaultingFactory
 
-        bed = self.bed
-        wrapped = FaultingFactory(factory, self.name, bed.faults, bed.journal, bed.reactor, label=label, tls=tls,
-                                  alpn=self.alpn)
+        context = self.context
+        wrapped = FaultingFactory(factory, self.name, context.faults, context.journal, context.reactor, label=label,
+                                  tls=tls, alpn=self.alpn, replies=registry.protocol(context.protocol).replies)
         outer = wrapped
         if tls:
             from twisted.protocols.tls import TLSMemoryBIOFactory
 
             outer = TLSMemoryBIOFactory(self.tls.options(), False, wrapped)
-        port = yield serverFromString(bed.reactor, endpoint).listen(outer)
+        port = yield serverFromString(context.reactor, endpoint).listen(outer)
         listener = Listener(label, port, tls, scheme or (self.tls_scheme if tls else self.scheme), wrapped)
         self.listeners.append(listener)
         return listener
@@ -158,8 +205,13 @@ class Server(abc.ABC):
         return listener.number if listener else None
 
     @property
+    def ca_path(self) -> str:
+        """A PEM file with the run's CA certificate, for clients of this server's TLS listeners to trust."""
+        return self.context.tls.ca_path
+
+    @property
     def journal(self) -> list[dict]:
-        return self.bed.journal.query(server=self.name)
+        return self.context.journal.query(server=self.name)
 
     def describe(self) -> list[str]:
         return [f"{l.label.upper():<7} {l.url()}" for l in self.listeners]
@@ -172,7 +224,7 @@ class Server(abc.ABC):
 
         On time-out, raises (or errbacks with) ``WaitTimeout`` listing ``seen()``.
         """
-        bed = self.bed
+        context = self.context
 
         def failure():
             items = (seen or collect)()
@@ -180,7 +232,7 @@ class Server(abc.ABC):
                                + "; ".join(repr(i) for i in list(items)[:10]))
 
         if not in_reactor_thread():
-            result = bed.journal.wait(lambda: (lambda items: items if done(items) else None)(collect()), timeout)
+            result = context.journal.wait(lambda: (lambda items: items if done(items) else None)(collect()), timeout)
             if result is None:
                 raise failure()
             return result
@@ -192,17 +244,17 @@ class Server(abc.ABC):
                 return
             items = collect()
             if done(items):
-                bed.journal.remove_sink(check)
+                context.journal.remove_sink(check)
                 timer.cancel()
                 d.callback(items)
 
         def expire():
             if not d.called:
-                bed.journal.remove_sink(check)
+                context.journal.remove_sink(check)
                 d.errback(failure())
 
-        timer = bed.reactor.callLater(timeout, expire)
-        bed.journal.add_sink(check)
+        timer = context.reactor.callLater(timeout, expire)
+        context.journal.add_sink(check)
         check()
         return d
 

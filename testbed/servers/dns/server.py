@@ -26,7 +26,8 @@ from twisted.internet.error import CannotListenError
 from twisted.names import dns, resolve
 
 from testbed.faults.udp import FaultingDatagramProtocol, apply_datagram_fault
-from testbed.faults.wire import NO_FAULTS
+from testbed.faults.seam import NO_SEAM, SeamFactory
+from testbed.schema import ScenarioError
 from testbed.journal import COMMAND, ERROR, REPLY, STORED
 from testbed.servers.base import Server
 from testbed.servers.dns.records import ZoneServerFactory, ZoneSet
@@ -150,15 +151,16 @@ class DNSQuery:
 class _Exchange:
     """One message on its way through the factory: where it came from and how to answer it."""
 
-    __slots__ = ("protocol", "address", "transport", "conn", "faults", "limit", "edns", "fault", "name", "type",
+    __slots__ = ("protocol", "address", "transport", "conn", "seam", "limit", "edns", "fault", "name", "type",
                  "peer")
 
-    def __init__(self, protocol, address, transport, conn, faults):
+    def __init__(self, protocol, address, transport, conn, seam):
         self.protocol = protocol
         self.address = address
         self.transport = transport
         self.conn = conn
-        self.faults = faults
+        #: The TCP connection's seam; None for UDP (the factory's engine decides per peer).
+        self.seam = seam
         self.limit = 0
         self.edns = False
         self.fault = None
@@ -170,17 +172,17 @@ class _Exchange:
 class DNSStream(dns.DNSProtocol):
     """DNS over TCP: each length-prefixed message goes to the factory, which answers through ``send``."""
 
-    faults = NO_FAULTS  # the fault wrapper sets the connection's own
+    seam = NO_SEAM
 
     def connectionMade(self):
         super().connectionMade()
-        fault = self.faults.at("connect")
+        fault = self.seam.at("connect")
         if fault is not None and fault.action == "truncate":
             # "truncate" is a DNS action (TC) at the query stage; at connect it is the wire action.
-            self.faults.apply(fault)
+            self.seam.apply(fault)
 
     def stringReceived(self, data: bytes) -> None:
-        self.controller.receive(_Exchange(self, None, "tcp", self.faults.conn, self.faults), data)
+        self.controller.receive(_Exchange(self, None, "tcp", self.seam.conn, self.seam), data)
 
     def send(self, data: bytes, address=None) -> None:
         if self.transport is not None and not getattr(self.transport, "lost", False):
@@ -206,7 +208,7 @@ class DNSDatagram(dns.DNSDatagramProtocol):
             self.transport.write(data, address)
 
 
-class DNSFactory(ZoneServerFactory):
+class DNSFactory(SeamFactory, ZoneServerFactory):
     """
     Answers from a ZoneSet (through ZoneServerFactory's REFUSED and NXDOMAIN+SOA
     handling), records each query in ``queries``, and carries out query faults.
@@ -325,16 +327,14 @@ class DNSFactory(ZoneServerFactory):
 
     def _decide(self, ex: _Exchange):
         attributes = {"name": ex.name, "type": ex.type, "transport": ex.transport}
-        if ex.faults is not None:  # TCP: the connection's own (the wrapper's ConnectionFaults)
-            engine, server = ex.faults.engine, ex.faults.server
-        else:
-            engine, server = self.engine, self.server
-        if engine is None:
+        if ex.seam is not None:  # TCP: the connection's own seam
+            fault = ex.seam.decide("query", **attributes)
+            if fault is not None and fault.action in _TCP_WIRE:
+                ex.seam.apply(fault)  # the wire action, from this reply on
+            return fault
+        if self.engine is None:
             return None
-        fault = engine.decide(server, "query", ex.conn, attributes)
-        if fault is not None and ex.faults is not None and fault.action in _TCP_WIRE:
-            ex.faults.apply(fault)  # the wire action, from this reply on
-        return fault
+        return self.engine.decide(self.server, "query", ex.conn, attributes)
 
     def _responseFromMessage(self, message, rCode=dns.OK, answers=None, authority=None, additional=None):
         response = super()._responseFromMessage(message, rCode=rCode, answers=answers, authority=authority,
@@ -457,32 +457,30 @@ class DNSServer(Server):
 
     scheme = "dns"
 
-    def __init__(self, bed, name: str, config):
-        super().__init__(bed, name, config)
+    def __init__(self, context):
+        super().__init__(context)
         self.factory: DNSFactory | None = None
         self.udp: FaultingDatagramProtocol | None = None
         self._changed = False
 
     def build_zones(self) -> ZoneSet:
         """A fresh ZoneSet from the scenario's records and zone files."""
-        from testbed.config import ScenarioError
-
-        scenario = self.bed.scenario
+        context = self.context
         config = self.config
         try:
-            return ZoneSet(records=config.records, zone_files=[scenario.path(p) for p in config.zone_files],
+            return ZoneSet(records=config.records, zone_files=[context.path(p) for p in config.zone_files],
                            default_ttl=config.ttl)
         except ValueError as e:
-            raise ScenarioError(scenario.source, f"servers.{self.name}",
+            raise ScenarioError(context.source, f"servers.{self.name}",
                                 f"valid records and zone files ({e})") from None
 
     @defer.inlineCallbacks
     def start(self):
-        bed = self.bed
-        self.factory = DNSFactory(self.build_zones(), engine=bed.faults, journal=bed.journal, clock=bed.reactor,
+        context = self.context
+        self.factory = DNSFactory(self.build_zones(), engine=context.faults, journal=context.journal, clock=context.reactor,
                                   server=self.name)
-        self.udp = FaultingDatagramProtocol(DNSDatagram(self.factory, reactor=bed.reactor), self.name, bed.faults,
-                                            bed.journal, bed.reactor)
+        self.udp = FaultingDatagramProtocol(DNSDatagram(self.factory, reactor=context.reactor), self.name,
+                                            context.faults, context.journal, context.reactor)
         endpoint = self.config.listen
         _, wanted = udp_address(endpoint)
         attempts = 1 if wanted else 8
@@ -523,11 +521,11 @@ class DNSServer(Server):
 
     def add_record(self, name: str, type: str, value: str, ttl: int | None = None) -> None:
         """Serve one more record from now on (until the next test); ValueError if it does not parse."""
-        self.bed.call(self._change, "add", name, type, value, ttl)
+        self.context.call(self._change, "add", name, type, value, ttl)
 
     def remove_record(self, name: str, type: str | None = None, value: str | None = None) -> int:
         """Stop serving records of ``name`` (of ``type``, equal to ``value``) until the next test; how many went."""
-        return self.bed.call(self._change, "remove", name, type, value, None)
+        return self.context.call(self._change, "remove", name, type, value, None)
 
     def _change(self, how: str, name, rtype, value, ttl):
         zones = self.factory.zones
@@ -536,12 +534,9 @@ class DNSServer(Server):
         else:
             result = zones.remove_record(name, rtype, value)
         self._changed = True
-        self.bed.journal.record(STORED, self.name, None, record=how, name=name, type=rtype, value=value, ttl=ttl)
+        self.context.journal.record(STORED, self.name, None, record=how, name=name, type=rtype, value=value, ttl=ttl)
         return result
 
     def wait_for(self, predicate_or_count: Any = 1, timeout: float = 5.0):
         """The queries once ``count`` have been answered, or those matching ``predicate``."""
         return self.wait_for_items(lambda: list(self.factory.queries), predicate_or_count, timeout, "query")
-
-
-SERVER = DNSServer

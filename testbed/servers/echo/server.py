@@ -23,12 +23,12 @@ class EchoServer(Server):
 
     scheme = "udp"
 
-    def __init__(self, bed, name, config):
-        super().__init__(bed, name, config)
+    def __init__(self, context):
+        super().__init__(context)
         self.wrapper: FaultingDatagramProtocol | None = None
 
     def start(self):
-        self.wrapper = FaultingDatagramProtocol(Echo(), self.name, self.bed.faults, self.bed.journal, self.bed.reactor)
+        self.wrapper = FaultingDatagramProtocol(Echo(), self.name, self.context.faults, self.context.journal, self.context.reactor)
         listen_udp(self, self.config.listen, self.wrapper, "udp")
         return defer.succeed(None)
 
@@ -36,6 +36,3 @@ class EchoServer(Server):
         super().reset()
         if self.wrapper is not None:
             self.wrapper.reset()
-
-
-SERVER = EchoServer

@@ -9,35 +9,33 @@ from __future__ import annotations
 
 import fnmatch
 import io
-import ipaddress
 import os
 import re
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import attrs
 from twisted.cred import checkers, credentials, error as cred_error, portal
 from twisted.internet import defer, error, interfaces, tcp
-from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from testbed.faults.wire import NO_FAULTS, FaultingFactory, FaultingProtocol
-from testbed.journal import COMMAND, ERROR, OPEN, REPLY, STORED
+from testbed.faults.seam import NO_SEAM, SeamFactory
+from testbed.faults.wire import FaultingProtocol
+from testbed.journal import COMMAND, ERROR, REPLY, STORED
+from testbed.mail.credentials import MailChecker, login_user
+from testbed.mail.store import MailStore
 from testbed.servers.base import Server
+from testbed.servers.ftp.data import DataChannel, DataFaultingProtocol, DataProtocol
+from testbed.servers.ftp.reply import FTPReply, show as _show
+from testbed.servers.ftp.spec import APPLIES_TO, TRANSFERS
+from testbed.servers.ftp.spec import COMMANDS, FAULT_TEXTS as FAULT_TEXT  # noqa: F401  (tests and docs read them here)
 from testbed.servers.ftp.fs import ChunkedFileSender, files_snapshot, make_shell
 
 _log = Logger()
 
-#: Every command the server implements; each is also a fault stage (with ``connect`` and ``data``).
-COMMANDS = frozenset({
-    "USER", "PASS", "AUTH", "PBSZ", "PROT", "FEAT", "OPTS", "SYST", "NOOP", "QUIT",
-    "PWD", "CWD", "CDUP", "TYPE", "STRU", "MODE", "PASV", "EPSV", "PORT", "EPRT",
-    "LIST", "NLST", "MLSD", "MLST", "RETR", "STOR", "APPE", "REST", "SIZE", "MDTM",
-    "DELE", "MKD", "RMD", "RNFR", "RNTO", "ABOR", "ALLO",
-})
 #: Allowed before login.
 PUBLIC = frozenset({"FEAT", "QUIT", "AUTH", "PBSZ", "PROT", "OPTS", "SYST", "NOOP"})
 #: Commands that take a mandatory argument.
@@ -47,59 +45,11 @@ NEEDS_ARGUMENT = frozenset({
 })
 #: Commands that take no argument: one given is ignored.
 NO_ARGUMENT = frozenset({"FEAT", "SYST", "NOOP", "QUIT", "PWD", "CDUP", "PASV", "ABOR"})
-DOWNLOADS = frozenset({"RETR", "LIST", "NLST", "MLSD"})
-TRANSFERS = DOWNLOADS | {"STOR", "APPE"}
-#: Where each protocol fault action other than ``reply`` and ``silence`` applies.
-APPLIES_TO = {
-    "wrong_address": frozenset({"PASV", "EPSV"}),
-    "short_transfer": DOWNLOADS,
-    "no_completion": TRANSFERS,
-}
-
-#: The text of a ``reply`` fault that gives no ``message``.
-FAULT_TEXT = {
-    421: "Service not available, closing control connection.",
-    425: "Can't open data connection.",
-    426: "Connection closed; transfer aborted.",
-    450: "Requested file action not taken. File unavailable.",
-    451: "Requested action aborted: local error in processing.",
-    452: "Requested action not taken. Insufficient storage space in system.",
-    500: "Syntax error, command unrecognized.",
-    501: "Syntax error in parameters or arguments.",
-    502: "Command not implemented.",
-    503: "Bad sequence of commands.",
-    504: "Command not implemented for that parameter.",
-    521: "Data connection cannot be opened with this PROT setting.",
-    522: "Network protocol not supported.",
-    530: "Not logged in.",
-    534: "Request denied for policy reasons.",
-    536: "Requested PROT level not supported by mechanism.",
-    550: "Requested action not taken. File unavailable.",
-    552: "Requested file action aborted. Exceeded storage allocation.",
-    553: "Requested action not taken. File name not allowed.",
-}
-
-#: Where a ``wrong_address`` fault sends the client when it names no port (nothing listens there).
-WRONG_PORT = 1
-
 _STAT_KEYS = ("size", "directory", "permissions", "hardlinks", "modified", "owner", "group")
 _MLST_FACTS = ("type", "size", "modify", "perm")
 _SENDFILE_STEP = 4 * 1024 * 1024
 _SENDFILE_BUDGET = 16 * 1024 * 1024
 _LONE_LF = re.compile(rb"(?<!\r)\n")
-
-
-class FTPReply(Exception):
-    """Answer the current command with ``code text`` (raised anywhere in a command's handling)."""
-
-    def __init__(self, code: int, text: str):
-        super().__init__(code, text)
-        self.code = code
-        self.text = text
-
-
-def _show(path: Any) -> str:
-    return str(path).replace("\0", "\\0").replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _shell_reply(failure: Failure) -> tuple[int, str] | None:
@@ -131,24 +81,6 @@ def parse_port_range(text: str) -> range | None:
     return range(low, high + 1)
 
 
-def _plain_host(host: str) -> str:
-    """An IPv4-mapped IPv6 address as IPv4; anything else unchanged."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return host
-
-
-def _is_ipv6(host: str) -> bool:
-    try:
-        return isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address)
-    except ValueError:
-        return False
-
-
 def _to_crlf() -> Callable[[bytes], bytes]:
     """ASCII-mode download transform: lone LF -> CRLF, across chunk boundaries."""
     state = {"cr": False}
@@ -176,183 +108,6 @@ class _Limited:
         data = self.fobj.read(self.left if n is None or n < 0 else min(n, self.left))
         self.left -= len(data)
         return data
-
-
-# -- data connections ----------------------------------------------------------------------------
-
-
-class _ChannelJournal:
-    """The journal as a data connection's wrapper sees it: every event marked ``channel="data"``."""
-
-    def __init__(self, journal):
-        self._journal = journal
-        self.payload_cap = journal.payload_cap
-
-    def record(self, kind: str, server: str | None = None, conn: int | None = None, **fields: Any) -> dict:
-        fields.setdefault("channel", "data")
-        return self._journal.record(kind, server, conn, **fields)
-
-
-@implementer(interfaces.IHandshakeListener)
-class DataFaultingProtocol(FaultingProtocol):
-    """The fault wrapper on a data connection: numbered as its control connection, TLS beneath it when PROT P.
-
-    It does not ask about ``connect`` (the control connection did); the FTP protocol asks about the
-    ``data`` stage when a transfer starts, and wire actions then apply to this connection.
-    """
-
-    _handshake_done = False
-
-    def makeConnection(self, transport):
-        self._handshake_waiters: list[defer.Deferred] = []
-        factory = self.factory
-        self.tls = False
-        if factory.tls_options is not None and hasattr(transport, "startTLS"):
-            # Beneath the wrapper, so wire faults see plaintext. We are the TLS server whichever
-            # side connected: normal for an accepted (passive) connection, reversed for active.
-            transport.startTLS(factory.tls_options, factory.mode == "passive")
-            self.tls = True
-        super().makeConnection(transport)
-
-    def connectionMade(self):
-        peer = self.transport.getPeer()
-        self.journal.record(OPEN, self.server, self.conn, peer=f"{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}",
-                            listener=self.factory.label, mode=self.factory.mode, tls=self.tls)
-
-    def handshakeCompleted(self):
-        self._handshake_done = True
-        waiters, self._handshake_waiters = self._handshake_waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def handshake(self) -> defer.Deferred:
-        """Fires once the TLS handshake is done (at once without TLS); fails if the connection goes first."""
-        if not self.tls or self._handshake_done:
-            return defer.succeed(None)
-        if self.lost:
-            return defer.fail(error.ConnectionLost("data connection lost before the TLS handshake"))
-        d = defer.Deferred()
-        self._handshake_waiters.append(d)
-        return d
-
-    def connectionLost(self, reason):
-        waiters, self._handshake_waiters = getattr(self, "_handshake_waiters", []), []
-        super().connectionLost(reason)
-        for d in waiters:
-            d.errback(reason)
-
-
-class DataFaultingFactory(FaultingFactory):
-    """Wraps one DataFactory: its connection carries the control connection's number, journaled as ``channel="data"``."""
-
-    protocol = DataFaultingProtocol
-
-    def __init__(self, data_factory: "DataFactory", control: FaultingFactory, conn: int, tls_options=None):
-        super().__init__(data_factory, control.server, control.engine, _ChannelJournal(control.journal),
-                         control.clock, label="ftp-data")
-        self.conn = conn
-        self.mode = data_factory.mode
-        self.tls_options = tls_options
-        self.control_journal = control.journal
-
-    def buildProtocol(self, addr):
-        data_factory = self.wrappedFactory
-        expected = data_factory.peer_host
-        if expected is not None and _plain_host(getattr(addr, "host", "")) != _plain_host(expected):
-            self.control_journal.record(ERROR, self.server, self.conn, error="data connection from a foreign address",
-                                        peer=getattr(addr, "host", ""), expected=expected)
-            return None
-        wrapped = data_factory.buildProtocol(addr)
-        if wrapped is None:
-            return None
-        return self.protocol(self, wrapped, self.conn)
-
-
-class DataProtocol(ftp.DTP):
-    """Twisted's DTP, telling the transfer in progress when the connection goes, and failing uploads cut short."""
-
-    transfer: "_Download | None" = None
-
-    def connectionMade(self):
-        # Twisted fires the factory's Deferred before it makes the buffer, and a transfer
-        # waiting on it runs at once: make the buffer first.
-        self._buffer = []
-        self.isConnected = True
-        self.factory.deferred.callback(None)
-
-    def connectionLost(self, reason=connectionDone):
-        self.isConnected = False
-        transfer, self.transfer = self.transfer, None
-        if transfer is not None:
-            transfer.connection_lost(reason)
-        d, self._onConnLost = self._onConnLost, None
-        if d is not None:
-            # Twisted's DTP calls any close a complete upload; only the client's clean close is
-            # (not one a wire fault made on the way up: close, reset, truncate).
-            up = getattr(self.transport, "up", None)
-            if reason.check(error.ConnectionDone) and not (up is not None and up.black_hole):
-                d.callback(None)
-            else:
-                d.errback(reason)
-
-
-class DataFactory(ftp.DTPFactory):
-    """Twisted's DTPFactory with any number of waiters for the connection, and a mode (passive or active)."""
-
-    noisy = False
-
-    def __init__(self, pi: "FTPProtocol", reactor, mode: str, peer_host: str | None = None):
-        super().__init__(pi, peerHost=peer_host, reactor=reactor)
-        self.mode = mode
-        self.peer_host = peer_host
-        self.instance: DataProtocol | None = None
-        self._outcome: Any = None
-        self._waiters: list[defer.Deferred] = []
-        self.deferred.addBoth(self._settle)
-
-    def _settle(self, result: Any) -> None:
-        self._outcome = result if isinstance(result, Failure) else True
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            self._fire(d)
-
-    def _fire(self, d: defer.Deferred) -> None:
-        if self._outcome is True:
-            d.callback(self.instance)
-        else:
-            d.errback(self._outcome)
-
-    def wait(self) -> defer.Deferred:
-        """Fires with the DataProtocol once connected, or fails (time-out, refused)."""
-        d = defer.Deferred()
-        if self._outcome is None:
-            self._waiters.append(d)
-        else:
-            self._fire(d)
-        return d
-
-    # Twisted's versions log a line each (four per transfer in twistd's log).
-    def setTimeout(self, seconds):
-        self.delayedCall = self._reactor.callLater(seconds, self.timeoutFactory)
-
-    def cancelTimeout(self):
-        if self.delayedCall is not None and self.delayedCall.active():
-            self.delayedCall.cancel()
-
-    def stopFactory(self):
-        self.cancelTimeout()
-
-    def buildProtocol(self, addr):
-        if self._state is not self._IN_PROGRESS:
-            return None
-        self._state = self._FINISHED
-        self.cancelTimeout()
-        p = DataProtocol()
-        p.factory = self
-        p.pi = self.pi
-        self.pi.dtpInstance = p
-        self.instance = p
-        return p
 
 
 @implementer(interfaces.IConsumer)
@@ -497,7 +252,7 @@ class _ASCIIUpload:
 # -- the protocol interpreter --------------------------------------------------------------------
 
 
-class FTPProtocol(ftp.FTP):
+class FTPProtocol(DataChannel, ftp.FTP):
     """Twisted's FTP server protocol with the testbed's commands, faults and journal.
 
     Every command is journaled (PASS hidden), then the fault engine is asked at the command's stage;
@@ -505,7 +260,7 @@ class FTPProtocol(ftp.FTP):
     channel: it is closed when the transfer ends, whatever the outcome.
     """
 
-    faults = NO_FAULTS
+    seam = NO_SEAM
     delimiter = b"\n"  # and a trailing CR is stripped: tolerant of bare-LF clients
     MAX_LENGTH = 8192
     _encoding = "utf-8"
@@ -529,13 +284,10 @@ class FTPProtocol(ftp.FTP):
         self.state = self.UNAUTH
         self.workingDirectory = []
         self.setTimeout(self.factory.timeOut)
-        fault = self.faults.at("connect")
+        fault = self.seam.at("connect")
+        if self._fault_handled(fault, "connect"):
+            return
         if fault is not None and not fault.wire:
-            if fault.action == "reply":
-                self._fault_reply(fault, "connect")
-                return
-            if fault.action == "silence":
-                return
             self._not_applicable(fault, "connect")
         self.respond(220, self.factory.welcomeMessage)
 
@@ -548,7 +300,7 @@ class FTPProtocol(ftp.FTP):
         self.transport = None
 
     def lineLengthExceeded(self, line):
-        self.faults.record(ERROR, error="command line too long", size=len(line))
+        self.seam.record(ERROR, error="command line too long", size=len(line))
         self.respond(500, "Command line too long.")
         self.transport.loseConnection()
 
@@ -562,7 +314,7 @@ class FTPProtocol(ftp.FTP):
         if self.transport is None:
             return
         if len(text) >= 4 and text[:3].isdigit() and text[3] == " ":
-            self.faults.record(REPLY, code=int(text[:3]), text=text[4:])
+            self.seam.record(REPLY, code=int(text[:3]), text=text[4:])
         self.transport.write(line + b"\r\n")
 
     def respond(self, code: int, text: str) -> None:
@@ -582,7 +334,7 @@ class FTPProtocol(ftp.FTP):
             fields["arg"] = "****" if cmd == "PASS" else arg
         if self.user is not None:
             fields["user"] = self.user
-        self.faults.record(COMMAND, **fields)
+        self.seam.record(COMMAND, **fields)
         self._current = cmd
         self.pauseProducing()
         d = defer.maybeDeferred(self.processCommand, cmd, *((arg,) if sep else ()))
@@ -616,7 +368,7 @@ class FTPProtocol(ftp.FTP):
 
     def _internal_error(self, failure: Failure, cmd: str) -> None:
         _log.failure("FTP command {cmd} failed", failure, cmd=cmd)
-        self.faults.record(ERROR, error="internal error", command=cmd, detail=failure.getErrorMessage())
+        self.seam.record(ERROR, error="internal error", command=cmd, detail=failure.getErrorMessage())
         self.respond(451, "Requested action aborted: local error in processing.")
 
     def _resume(self, _: Any) -> None:
@@ -634,13 +386,10 @@ class FTPProtocol(ftp.FTP):
         if cmd in NO_ARGUMENT:
             params = ()
         self._fault = None
-        fault = self.faults.at(cmd, **self._attributes(cmd, params))
+        fault = self.seam.at(cmd, **self._attributes(cmd, params))
+        if self._fault_handled(fault, cmd):
+            return None
         if fault is not None and not fault.wire:
-            if fault.action == "reply":
-                return self._fault_reply(fault, cmd)
-            if fault.action == "silence":
-                self._abandon(cmd)
-                return None
             if cmd in APPLIES_TO.get(fault.action, ()):
                 self._fault = fault
             else:
@@ -699,23 +448,18 @@ class FTPProtocol(ftp.FTP):
 
     # -- faults -------------------------------------------------------------------------------------------
 
-    def _fault_reply(self, fault, stage: str) -> None:
-        code = int(fault.param("code", 421 if stage == "connect" else 550))
-        text = fault.param("message") or FAULT_TEXT.get(code, "Injected fault.")
+    def _fault_handled(self, fault, stage: str) -> bool:
+        """A ``reply`` or ``silence`` fault instead of the command (or transfer), carried out through the seam."""
+        if fault is None or fault.wire or fault.action not in ("reply", "silence"):
+            return False
         self._abandon(stage)
-        self.respond(code, text)
-        then = fault.param("then")
-        if then is None:
-            then = "close" if code == 421 else "none"  # 421 means the server closes the control connection
-        if then == "close":
-            self.transport.loseConnection()
-        elif then == "reset":
-            self.transport.abortConnection()
-        elif then == "stall":
-            self.faults.stall()
-        if then in ("close", "reset"):
-            self.disconnected = True
-        return None
+
+        def stop_answering():
+            if fault.action == "reply":  # its ``then`` closed, reset or stalled the control connection
+                self.disconnected = True
+
+        return self.seam.carry_out(fault, stage, lambda code, text: self.respond(int(code), text),
+                                   silence=stop_answering)
 
     def _abandon(self, cmd: str) -> None:
         """A fault answered ``cmd`` instead of the handler: leave the session as the refusal would."""
@@ -728,7 +472,7 @@ class FTPProtocol(ftp.FTP):
             self._drop_data_channel()
 
     def _not_applicable(self, fault, stage: str) -> None:
-        self.faults.record(ERROR, error="fault action does not apply here", action=fault.action, stage=stage)
+        self.seam.record(ERROR, error="fault action does not apply here", action=fault.action, stage=stage)
 
     def _take_fault(self):
         fault, self._fault = self._fault, None
@@ -755,12 +499,12 @@ class FTPProtocol(ftp.FTP):
 
     def _violation(self, target: Any, reason: str) -> None:
         path = target if isinstance(target, str) else self._display(target or [])
-        self.faults.record(ERROR, error="path escapes root", command=self._current, path=path, reason=reason,
+        self.seam.record(ERROR, error="path escapes root", command=self._current, path=path, reason=reason,
                            user=self.user)
 
     def _uploaded(self, path: str, size: int) -> None:
-        self.faults.record(STORED, path=path, size=size, user=self.user, command=self._current)
-        self.factory.uploaded(FTPUpload(path=path, size=size, user=self.user, conn=self.faults.conn,
+        self.seam.record(STORED, path=path, size=size, user=self.user, command=self._current)
+        self.factory.uploaded(FTPUpload(path=path, size=size, user=self.user, conn=self.seam.conn,
                                         command=self._current, tls=self.protected))
 
     # -- login -------------------------------------------------------------------------------------
@@ -792,7 +536,7 @@ class FTPProtocol(ftp.FTP):
             self.logout = logout
             self.workingDirectory = []
             self.state = self.AUTHED
-            self.user = "anonymous" if anonymous else name
+            self.user = "anonymous" if anonymous else login_user(name)  # the name the checker accepted
             if anonymous:
                 return 230, "Anonymous login ok, access restrictions apply."
             return 230, "User logged in, proceed."
@@ -983,177 +727,6 @@ class FTPProtocol(ftp.FTP):
         }
         return "".join(f"{f}={values[f]};" for f in self._mlst_facts)
 
-    # -- data channel -------------------------------------------------------------------------------
-
-    def _wrap_data(self, factory: DataFactory):
-        wrapper = getattr(self.faults, "wrapper", None)
-        tls = self.factory.tls_options() if self.protected and self.factory.tls_options is not None else None
-        if wrapper is None:
-            return factory  # a bare protocol (unit tests without the fault wrapper): no faults, no TLS
-        return DataFaultingFactory(factory, wrapper.factory, self.faults.conn, tls_options=tls)
-
-    def cleanupDTP(self, abort: bool = False):
-        port, self.dtpPort = self.dtpPort, None
-        factory, self.dtpFactory = self.dtpFactory, None
-        dtp, self.dtpInstance = self.dtpInstance, None
-        if port is not None:
-            if interfaces.IListeningPort.providedBy(port):
-                port.stopListening()
-            elif interfaces.IConnector.providedBy(port) and getattr(port, "state", None) != "connected":
-                port.disconnect()
-        if factory is not None:
-            factory.stopFactory()
-        if dtp is not None and dtp.isConnected and dtp.transport is not None:
-            if abort:
-                dtp.transport.abortConnection()
-            else:
-                dtp.transport.loseConnection()
-
-    def _drop_data_channel(self) -> None:
-        if self.dtpFactory is not None or self.dtpInstance is not None or self.dtpPort is not None:
-            self.cleanupDTP()
-
-    def _passive_ports(self) -> Iterable[int]:
-        ports = self.factory.passive_ports
-        if ports is None:
-            return [0]
-        start = self.factory.next_passive_index()
-        return [ports[(start + i) % len(ports)] for i in range(len(ports))]
-
-    def _listen_passive(self, host: str) -> int:
-        self._drop_data_channel()
-        factory = DataFactory(self, self.factory.reactor, "passive", peer_host=self.transport.getPeer().host)
-        wrapped = self._wrap_data(factory)
-        for number in self._passive_ports():
-            try:
-                port = self.factory.reactor.listenTCP(number, wrapped, interface=host)
-            except error.CannotListenError:
-                continue
-            break
-        else:
-            self.faults.record(ERROR, error="no passive port free", ports=self.factory.passive_ports_text)
-            raise FTPReply(425, "Can't open passive connection: no free port.")
-        factory.setTimeout(self.dtpTimeout)
-        self.dtpFactory, self.dtpPort = factory, port
-        return port.getHost().port
-
-    def _wrong_address(self, host: str, port: int, passive_v4: bool) -> tuple[str, int]:
-        fault = self._take_fault()
-        if fault is None:
-            return host, port
-        wrong_host = fault.param("host") if passive_v4 else None
-        wrong_port = fault.param("port")
-        if wrong_port is None:
-            wrong_port = port if wrong_host else WRONG_PORT
-        return wrong_host or host, int(wrong_port)
-
-    def ftp_PASV(self):
-        if self._epsvAll:
-            return 503, "PASV not allowed after EPSV ALL."
-        host = _plain_host(self.transport.getHost().host)
-        if _is_ipv6(host):
-            return 502, "PASV available only for IPv4 (use EPSV instead)."
-        port = self._listen_passive(self.transport.getHost().host)
-        shown_host, shown_port = self._wrong_address(host, port, True)
-        return 227, f"Entering Passive Mode ({ftp.encodeHostPort(shown_host, shown_port)})."
-
-    def ftp_EPSV(self, protocol=""):
-        protocol = protocol.strip().upper()
-        if protocol == "ALL":
-            self._epsvAll = True
-            return 200, "EPSV ALL ok."
-        host = self.transport.getHost().host
-        family = "2" if _is_ipv6(host) and _plain_host(host) == host else "1"
-        if protocol and protocol != family:
-            if protocol in ("1", "2"):
-                return 522, f"Network protocol not supported, use ({family})."
-            return 501, f"Unknown network protocol {_show(protocol)}."
-        port = self._listen_passive(host)
-        _, shown_port = self._wrong_address(host, port, False)
-        return 229, f"Entering Extended Passive Mode (|||{shown_port}|)."
-
-    def ftp_PORT(self, address):
-        if self._epsvAll:
-            return 503, "PORT not allowed after EPSV ALL."
-        try:
-            numbers = [int(n) for n in address.strip().split(",")]
-            if len(numbers) != 6 or not all(0 <= n <= 255 for n in numbers):
-                raise ValueError(address)
-        except ValueError:
-            return 501, "Illegal PORT command."
-        return self._connect_active("%d.%d.%d.%d" % tuple(numbers[:4]), numbers[4] << 8 | numbers[5])
-
-    def ftp_EPRT(self, address):
-        if self._epsvAll:
-            return 503, "EPRT not allowed after EPSV ALL."
-        try:
-            protocol, host, port = ftp.decodeExtendedAddress(address.strip())
-            ipaddress.ip_address(host)
-        except ValueError:
-            return 501, "Illegal EPRT command."
-        if protocol not in ("", "1", "2"):
-            return 522, "Network protocol not supported, use (1,2)."
-        return self._connect_active(host, port)
-
-    def _connect_active(self, host: str, port: int):
-        peer = self.transport.getPeer().host
-        if _plain_host(host) != _plain_host(peer):
-            self.faults.record(ERROR, error="data connection to a foreign address", address=f"{host}:{port}", peer=peer)
-            return 501, "Rejected data connection to a foreign address."
-        if not 1024 <= port <= 65535:
-            self.faults.record(ERROR, error="data connection to a privileged port", address=f"{host}:{port}")
-            return 501, "Rejected data connection to a privileged port."
-        self._drop_data_channel()
-        factory = DataFactory(self, self.factory.reactor, "active")
-        wrapped = self._wrap_data(factory)
-        local = self.transport.getHost().host
-        bind = (local, 0) if _is_ipv6(local) == _is_ipv6(host) else None
-        factory.setTimeout(self.dtpTimeout)
-        self.dtpFactory = factory
-        self.dtpPort = self.factory.reactor.connectTCP(host, port, wrapped, timeout=self.dtpTimeout, bindAddress=bind)
-
-        def connected(_):
-            return 200, "PORT command successful."
-
-        def failed(_):
-            if self.dtpFactory is factory:
-                self._drop_data_channel()
-            return 425, "Can't open data connection."
-
-        return factory.wait().addCallbacks(connected, failed)
-
-    def _data_channel(self) -> defer.Deferred:
-        factory = self.dtpFactory
-        if factory is None:
-            return defer.fail(FTPReply(425, "Use PORT, PASV, EPRT or EPSV first."))
-
-        def connected(dtp):
-            if dtp is None or not dtp.isConnected:
-                raise FTPReply(425, "Data connection closed before the transfer.")
-            return dtp
-
-        def failed(_):
-            raise FTPReply(425, "Can't open data connection.")
-
-        return factory.wait().addCallbacks(connected, failed)
-
-    def _data_fault(self, dtp: DataProtocol, cmd: str, segments: Sequence[str], command_fault):
-        """Ask about the ``data`` stage (wire actions then apply to the data connection); the protocol fault to obey."""
-        faults = getattr(dtp, "faults", None)
-        fault = None
-        if faults is not None:
-            fault = faults.at("data", command=cmd, path=self._display(segments), user=self.user,
-                              tls=self.protected, mode=self.dtpFactory.mode if self.dtpFactory else None,
-                              type="binary" if self.binary else "ascii")
-        if command_fault is not None:
-            return command_fault
-        if fault is None or fault.wire:
-            return None
-        if fault.action in ("reply", "silence") or cmd in APPLIES_TO.get(fault.action, ()):
-            return fault
-        self._not_applicable(fault, "data")
-        return None
-
     def _transfer(self, body: Callable[[], defer.Deferred]) -> defer.Deferred:
         self.setTimeout(None)
         d = defer.maybeDeferred(body)
@@ -1169,12 +742,6 @@ class FTPProtocol(ftp.FTP):
     def _opening(self, what: str) -> None:
         mode = "BINARY" if self.binary else "ASCII"
         self.respond(150, f"Opening {mode} mode data connection for {what}.")
-
-    def _transfer_fault_reply(self, fault, cmd: str):
-        """A ``reply``/``silence`` fault at the data stage: answered instead of the transfer."""
-        if fault.action == "silence":
-            return None
-        return self._fault_reply(fault, cmd)
 
     def _finish(self, fault) -> tuple[int, str] | None:
         if fault is not None and fault.action == "no_completion":
@@ -1219,8 +786,8 @@ class FTPProtocol(ftp.FTP):
             try:
                 dtp = yield self._data_channel()
                 chosen = self._data_fault(dtp, cmd, segments, fault)
-                if chosen is not None and chosen.action in ("reply", "silence"):
-                    return self._transfer_fault_reply(chosen, cmd)
+                if self._fault_handled(chosen, cmd):
+                    return None
                 self._opening(self._display(segments) if cmd == "RETR" else "file list")
                 try:
                     if isinstance(dtp.transport, DataFaultingProtocol):
@@ -1325,7 +892,8 @@ class FTPProtocol(ftp.FTP):
                 chosen = self._data_fault(dtp, cmd, segments, fault)
                 if chosen is not None and chosen.action in ("reply", "silence"):
                     upload.abort()
-                    return self._transfer_fault_reply(chosen, cmd)
+                    self._fault_handled(chosen, cmd)
+                    return None
                 self.respond(150, "Ok to send data.")
                 consumer = yield upload.receive()
                 if not self.binary:
@@ -1378,21 +946,23 @@ class _ConnectionRealm:
         return ftp.IFTPShell, shell, lambda: None
 
 
-class FTPFactory(ftp.FTPFactory):
-    """Builds FTPProtocol connections over one shell, with the run's users, TLS and passive ports."""
+class FTPFactory(SeamFactory, ftp.FTPFactory):
+    """Builds FTPProtocol connections over one shell, with the run's mail users, TLS and passive ports.
+
+    ``users`` is the run's `MailStore` (FTP users are mail users) or, standing alone, a mapping
+    of address to password that gets an in-memory store of its own.
+    """
 
     protocol = FTPProtocol
     noisy = False
     welcomeMessage = "twisted-testbed FTP server ready."
 
-    def __init__(self, shell, users: dict[str, str] | None = None, anonymous: bool = True,
+    def __init__(self, shell, users: MailStore | dict[str, str] | None = None, anonymous: bool = True,
                  tls_options: Callable[[], Any] | None = None, require_tls: bool = False,
                  passive_ports: str = "", reactor=None, on_upload: Callable[[FTPUpload], Any] | None = None,
                  sendfile: bool = True):
-        checker = checkers.InMemoryUsernamePasswordDatabaseDontUse()
-        for name, password in (users or {}).items():
-            checker.addUser(name, password)
-        the_checkers = [checker] + ([checkers.AllowAnonymousAccess()] if anonymous else [])
+        store = users if isinstance(users, MailStore) else MailStore(users=users or {})
+        the_checkers = [MailChecker(store)] + ([checkers.AllowAnonymousAccess()] if anonymous else [])
         super().__init__(portal.Portal(_ConnectionRealm(self), the_checkers))
         if reactor is None:
             from twisted.internet import reactor
@@ -1407,8 +977,9 @@ class FTPFactory(ftp.FTPFactory):
         self.on_upload = on_upload
         self.sendfile = sendfile
 
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr, seam=NO_SEAM):
         p = self.protocol()
+        p.seam = seam
         p.factory = self
         p.portal = self.portal
         p.timeOut = self.timeOut
@@ -1433,11 +1004,12 @@ class FTPServer(Server):
     scheme = "ftp"
     tls_scheme = "ftps"
 
-    def __init__(self, bed, name: str, config):
-        super().__init__(bed, name, config)
+    def __init__(self, context):
+        super().__init__(context)
+        config = self.config
         if config.require_tls and config.tls != "starttls":
             raise ValueError("servers.ftp.require_tls needs tls = \"starttls\"")
-        self.root: str | None = bed.scenario.path(config.root) if config.root else None
+        self.root: str | None = self.context.path(config.root) if config.root else None
         self.uploads: list[FTPUpload] = []
         self.shell = self._make_shell()
         self.factory: FTPFactory | None = None
@@ -1451,9 +1023,9 @@ class FTPServer(Server):
     def start(self):
         config = self.config
         self.factory = FTPFactory(
-            self.shell, users=dict(self.bed.scenario.users), anonymous=config.anonymous,
+            self.shell, users=self.context.mail(), anonymous=config.anonymous,
             tls_options=self.tls.options if config.tls == "starttls" else None,
-            require_tls=config.require_tls, passive_ports=config.passive_ports, reactor=self.bed.reactor,
+            require_tls=config.require_tls, passive_ports=config.passive_ports, reactor=self.context.reactor,
             on_upload=self._record_upload)
         yield self.listen(config.listen, self.factory, "ftp")
 
@@ -1473,18 +1045,15 @@ class FTPServer(Server):
     @property
     def files(self) -> dict[str, int]:
         """Every file served: relative path ("pub/readme.txt") -> size in bytes."""
-        return self.bed.call(files_snapshot, self.shell)
+        return self.context.call(files_snapshot, self.shell)
 
     def read(self, path: str) -> bytes:
         """A served file's contents, by its relative path."""
         if self.root is not None:
             with open(os.path.join(self.root, *path.strip("/").split("/")), "rb") as f:
                 return f.read()
-        return self.bed.call(self.shell.read_bytes, path)
+        return self.context.call(self.shell.read_bytes, path)
 
     def wait_for(self, predicate_or_count: Any = 1, timeout: float = 5.0):
         """The uploads once ``count`` have completed, or those matching ``predicate``."""
         return self.wait_for_items(lambda: list(self.uploads), predicate_or_count, timeout, "upload")
-
-
-SERVER = FTPServer

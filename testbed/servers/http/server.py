@@ -24,8 +24,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"twisted\.web\.resource\._Unsafe")
     from twisted.web import static
 
-from testbed.config import HTTPConfig, Route
-from testbed.faults.wire import NO_FAULTS
+from testbed.servers.http.spec import Route
+from testbed.faults.seam import NO_SEAM, SeamFactory
 from testbed.journal import COMMAND, ERROR, REPLY, STORED, bounded
 from testbed.servers.base import Server
 
@@ -185,9 +185,9 @@ class TestbedResource(resource.Resource):
 
     def render(self, request: server.Request):
         http = self.http
+        seam = request.channel.seam
         transport = request.channel.transport
-        faults = getattr(transport, "faults", NO_FAULTS)
-        conn = faults.conn
+        conn = seam.conn
         content = request.content
         content.seek(0)
         body = content.read()
@@ -207,12 +207,12 @@ class TestbedResource(resource.Resource):
         if http.limit and len(requests) > http.limit:
             bounded(requests, http.limit)
         record = RawRequest(raw)
-        http.bed.journal.record(COMMAND, "http", conn, command="request", method=record.method, path=record.path,
-                                query=record.raw_query, size=len(body))
-        if faults.wants("request"):
+        seam.record(COMMAND, command="request", method=record.method, path=record.path, query=record.raw_query,
+                    size=len(body))
+        if seam.wants("request"):
             headers = record.headers
-            fault = faults.at("request", method=record.method, path=record.path, query=record.query,
-                              headers=headers, host=headers.get("host", ""), tls=record.tls)
+            fault = seam.at("request", method=record.method, path=record.path, query=record.query,
+                            headers=headers, host=headers.get("host", ""), tls=record.tls)
             if fault is not None and not fault.wire:
                 return self.broken(request, fault, conn)
         for state in http._runtime_routes[::-1] if http._runtime_routes else ():
@@ -230,14 +230,14 @@ class TestbedResource(resource.Resource):
         set_header = request.responseHeaders.setRawHeaders
         for name, value in headers:
             set_header(name, [value])
-        self.http.bed.journal.record(REPLY, "http", conn, status=status, size=len(body))
+        self.http.context.journal.record(REPLY, "http", conn, status=status, size=len(body))
         return body
 
     # -- protocol faults ----------------------------------------------------------
 
     def broken(self, request, fault, conn: int):
         action = fault.action
-        journal = self.http.bed.journal
+        journal = self.http.context.journal
         if action == "reply":
             response = {"status": fault.param("status", 500), "headers": fault.param("headers", {}),
                         "body": fault.param("body", ""), "json": fault.param("json")}
@@ -283,19 +283,25 @@ class TestbedResource(resource.Resource):
                 if not real.startswith(http.static_real + os.sep):
                     reason = "index resolves outside the static root"
         if reason is not None:
-            http.bed.journal.record(ERROR, "http", conn, error="path escapes root", path=request.path.decode("utf-8", "replace"),
+            http.context.journal.record(ERROR, "http", conn, error="path escapes root", path=request.path.decode("utf-8", "replace"),
                                     reason=reason)
             return self.respond(request, *NOT_FOUND, conn)
         if not os.path.isfile(target):
             return self.respond(request, *NOT_FOUND, conn)
-        http.bed.journal.record(REPLY, "http", conn, status=200, file=os.path.relpath(target, http.static_root))
+        http.context.journal.record(REPLY, "http", conn, status=200, file=os.path.relpath(target, http.static_root))
         return static.File(target).render(request)
 
 
-class QuietSite(server.Site):
+class QuietSite(SeamFactory, server.Site):
     """A Site without the per-request access log line (it cost a third of the throughput)."""
 
     noisy = False
+
+    def buildProtocol(self, addr, seam=NO_SEAM):
+        protocol = server.Site.buildProtocol(self, addr)
+        # Site hands out a _GenericHTTPChannelProtocol around the HTTPChannel that requests see.
+        getattr(protocol, "_channel", protocol).seam = seam
+        return protocol
 
     def log(self, request):
         pass
@@ -308,18 +314,19 @@ class HTTPServer(Server):
     tls_scheme = "https"
     alpn = (b"http/1.1",)
 
-    def __init__(self, bed, name: str, config: HTTPConfig):
-        super().__init__(bed, name, config)
+    def __init__(self, context):
+        super().__init__(context)
         self._requests: list[tuple] = []
+        config = self.config
         self._scenario_routes = [RouteState(r) for r in config.routes]
         self._runtime_routes: list[RouteState] = []
-        self.static_root = bed.scenario.path(config.static) if config.static else None
+        self.static_root = self.context.path(config.static) if config.static else None
         self.static_real = os.path.realpath(self.static_root) if self.static_root else None
-        self.limit = bed.journal.max_events
+        self.limit = context.journal.max_events
 
     @defer.inlineCallbacks
     def start(self):
-        site = QuietSite(TestbedResource(self), reactor=self.bed.reactor)
+        site = QuietSite(TestbedResource(self), reactor=self.context.reactor)
         config = self.config
         if config.listen:
             yield self.listen(config.listen, site, "http", tls=config.tls == "implicit")
@@ -360,16 +367,13 @@ class HTTPServer(Server):
         route = Route(path=path, method=method, status=status, headers=dict(headers or {}), body=body, json=json,
                       responses=list(responses or []), query=dict(query or {}),
                       match_headers=dict(match_headers or {}), body_contains=body_contains)
-        self.bed.call(self._add_route, route)
+        self.context.call(self._add_route, route)
         return route
 
     def _add_route(self, route: Route) -> None:
         self._runtime_routes.append(RouteState(route))
-        self.bed.journal.record(STORED, "http", None, route=f"{route.method} {route.path}")
+        self.context.journal.record(STORED, "http", None, route=f"{route.method} {route.path}")
 
     def wait_for(self, predicate_or_count: Any = 1, timeout: float = 5.0):
         """The requests once ``count`` have arrived, or those matching ``predicate``."""
         return self.wait_for_items(lambda: list(self.requests), predicate_or_count, timeout, "request")
-
-
-SERVER = HTTPServer

@@ -25,8 +25,8 @@ from twisted.internet import defer, interfaces
 from twisted.internet.protocol import Factory
 from twisted.mail import imap4
 
-from testbed.config import IMAPConfig
-from testbed.faults.wire import NO_FAULTS
+from testbed.servers.imap.spec import IMAPConfig
+from testbed.faults.seam import NO_SEAM, SeamFactory
 from testbed.journal import COMMAND, ERROR, REPLY, STORED
 from testbed.mail.store import MailStore
 from testbed.servers.base import Server
@@ -40,21 +40,6 @@ MECHANISMS: dict[str, Callable[[str], Any]] = {
     "PLAIN": lambda host: imap4.PLAINCredentials(),
     "LOGIN": lambda host: LoginCredentials(),
     "CRAM-MD5": lambda host: imap4.credentials.CramMD5Credentials(host),
-}
-
-#: The text of a ``reply`` fault that names no ``message``, by status and stage.
-DEFAULT_MESSAGES = {
-    ("NO", "LOGIN"): "[AUTHENTICATIONFAILED] Invalid credentials",
-    ("NO", "AUTHENTICATE"): "[AUTHENTICATIONFAILED] Invalid credentials",
-    ("NO", "SELECT"): "[NONEXISTENT] No such mailbox",
-    ("NO", "EXAMINE"): "[NONEXISTENT] No such mailbox",
-    ("NO", "STATUS"): "[NONEXISTENT] No such mailbox",
-    ("NO", "APPEND"): "[OVERQUOTA] Quota exceeded",
-    ("NO", "COPY"): "[OVERQUOTA] Quota exceeded",
-    ("NO", "STARTTLS"): "TLS not available",
-    ("NO", None): "[UNAVAILABLE] Command failed (injected fault)",
-    ("BAD", None): "Command rejected (injected fault)",
-    ("BYE", None): "[UNAVAILABLE] Server shutting down (injected fault)",
 }
 
 #: Commands whose first argument is a mailbox name (for the ``mailbox`` match attribute).
@@ -183,7 +168,7 @@ class ResponseTap:
 class TestbedIMAPServer(IMAP4Server):
     """Twisted's IMAP4 server, asking the fault engine at every command and journaling it."""
 
-    faults = NO_FAULTS
+    seam = NO_SEAM
     IDENT = b"testbed IMAP4rev1 ready"
     #: Long enough for the longest UID sets clients send (LineReceiver's default is 16 KiB).
     MAX_LENGTH = 64 * 1024
@@ -205,7 +190,7 @@ class TestbedIMAPServer(IMAP4Server):
     # -- journal ------------------------------------------------------------------
 
     def journal(self, kind: str, **fields: Any) -> None:
-        self.faults.record(kind, **fields)
+        self.seam.record(kind, **fields)
 
     def command_of(self, tag: bytes | None) -> str | None:
         return self._tags.get(tag) if tag else None
@@ -268,23 +253,10 @@ class TestbedIMAPServer(IMAP4Server):
         self.secure = bool(getattr(getattr(self.transport, "factory", None), "tls", False)) or (
             interfaces.ISSLTransport(self.transport, None) is not None)
         self.setTimeout(self.timeOut)
-        fault = self.faults.at("connect")
-        if fault is None or fault.wire:
-            self.sendServerGreeting()
-        elif fault.action == "preauth":
+        fault = self.seam.at("connect")
+        if fault is not None and fault.action == "preauth":
             self._preauth(fault)
-        elif fault.action == "reply":
-            status = str(fault.param("status") or "BYE")
-            text = fault.param("message") or DEFAULT_MESSAGES[(status, None)]
-            self.sendLine(f"* {status} {text}".encode("utf-8"))
-            self.journal(REPLY, tag=None, command="connect", status=status, text=text)
-            if status == "BYE":
-                self.transport.loseConnection()
-            else:
-                self.faults.follow_up(fault, self.transport)
-        elif fault.action == "silence":
-            pass  # no greeting: the client waits
-        else:
+        elif not self.seam.carry_out(fault, "connect", self._send_untagged, command="connect", tag=None):
             self.sendServerGreeting()
 
     def _preauth(self, fault) -> None:
@@ -361,16 +333,14 @@ class TestbedIMAPServer(IMAP4Server):
 
     def _run(self, name: str, handler, tag: bytes, args: tuple, kwargs: dict):
         attributes = self._attributes(name, args, kwargs)
-        fault = self.faults.at(name, **attributes)
+        fault = self.seam.at(name, **attributes)
         if fault is None or fault.wire:
             return handler(self, tag, *args, **kwargs)
-        action = fault.action
-        if action == "reply":
-            return self._fault_reply(fault, name, tag)
-        if action == "silence":
-            self.journal(REPLY, tag=_text(tag), command=name, status=None, silenced=True)
+        if self.seam.carry_out(fault, name, lambda status, text: self._fault_reply(status, text, name, tag),
+                               command=name, tag=_text(tag)):
             self._tags.pop(tag, None)
             return None
+        action = fault.action
         if action in ("bye_mid_fetch", "short_literal"):
             if self.tap is None:
                 self.tap = ResponseTap(self.transport, self, tag, fault)
@@ -389,17 +359,19 @@ class TestbedIMAPServer(IMAP4Server):
             return None
         return self.account.box(name)
 
-    def _fault_reply(self, fault, name: str, tag: bytes) -> None:
-        status = str(fault.param("status") or "NO")
-        text = fault.param("message") or DEFAULT_MESSAGES.get((status, name)) or DEFAULT_MESSAGES[(status, None)]
+    def _send_untagged(self, status: str, text: str) -> None:
+        """A ``reply`` fault at the greeting: ``* BYE``, ``* NO`` or ``* BAD`` instead of ``* OK``."""
+        self.sendLine(f"* {status} {text}".encode("utf-8"))
+        self.journal(REPLY, tag=None, command="connect", status=status, text=text)
+
+    def _fault_reply(self, status: str, text: str, name: str, tag: bytes) -> None:
+        """A ``reply`` fault at a command: a tagged NO/BAD, or an untagged BYE (the seam then closes)."""
         if status == "BYE":
             self.sendLine(b"* BYE " + text.encode("utf-8"))
             self._tags.pop(tag, None)
             self.journal(REPLY, tag=_text(tag), command=name, status="BYE", text=text)
-            self.transport.loseConnection()
             return
         self._respond(status.encode(), tag, text.encode("utf-8"))
-        self.faults.follow_up(fault, self.transport)
 
     # -- capabilities, STARTTLS, LOGIN, AUTHENTICATE ----------------------------------------
 
@@ -771,7 +743,7 @@ def _literal(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
 
 
-class IMAPFactory(Factory):
+class IMAPFactory(SeamFactory, Factory):
     """Builds ``TestbedIMAPServer`` connections sharing one store, one portal and one clock."""
 
     protocol = TestbedIMAPServer
@@ -795,8 +767,10 @@ class IMAPFactory(Factory):
         self.on_stored = on_stored
         self.portal = portal_for(mail, on_stored)
 
-    def buildProtocol(self, addr):
-        return self.protocol(self)
+    def buildProtocol(self, addr, seam=NO_SEAM):
+        p = self.protocol(self)
+        p.seam = seam
+        return p
 
 
 def build_factory(config: IMAPConfig, mail: MailStore, tls=None, reactor=None, preauth_user: str | None = None,
@@ -814,9 +788,9 @@ class IMAPServer(Server):
 
     @defer.inlineCallbacks
     def start(self):
-        bed = self.bed
-        users = list(bed.scenario.users)
-        factory = build_factory(self.config, bed.mail, self.tls, bed.reactor,
+        context = self.context
+        users = list(context.users)
+        factory = build_factory(self.config, context.mail(), self.tls, context.reactor,
                                 preauth_user=users[0] if users else None, on_stored=self._stored)
         config = self.config
         if config.listen:
@@ -825,19 +799,19 @@ class IMAPServer(Server):
             yield self.listen(config.tls_listen, factory, "imaps", tls=True)
 
     def _stored(self, **fields: Any) -> None:
-        self.bed.journal.record(STORED, self.name, None, **fields)
+        self.context.journal.record(STORED, self.name, None, **fields)
 
     # -- the handle -------------------------------------------------------------------------
 
     @property
     def commands(self) -> list[dict]:
         """Every command received (journal events: tag, command, uid, args or user/mechanism)."""
-        return self.bed.journal.query(COMMAND, server=self.name)
+        return self.context.journal.query(COMMAND, server=self.name)
 
     @property
     def replies(self) -> list[dict]:
         """Every tagged reply and BYE sent (journal events: tag, command, status, text)."""
-        return self.bed.journal.query(REPLY, server=self.name)
+        return self.context.journal.query(REPLY, server=self.name)
 
     @property
     def logins(self) -> list[dict]:
@@ -846,15 +820,15 @@ class IMAPServer(Server):
 
     def messages(self, user: str | None = None, mailbox: str = "INBOX") -> list:
         """The ``StoredMessage`` list of a mailbox (default: the scenario's first user's INBOX)."""
-        bed = self.bed
+        context = self.context
         if user is None:
-            user = next(iter(bed.scenario.users))
-        return bed.call(lambda: list(bed.mail.mailbox(user, mailbox).messages))
+            user = next(iter(self.context.users))
+        return context.call(lambda: list(context.mail().mailbox(user, mailbox).messages))
 
     def deliver(self, recipient: str, raw: bytes):
         """Put a message into ``recipient``'s INBOX, as SMTP would (in the reactor thread)."""
-        bed = self.bed
-        return bed.call(bed.mail.deliver, recipient, raw)
+        context = self.context
+        return context.call(context.mail().deliver, recipient, raw)
 
     def wait_for(self, predicate_or_count: Any = 1, timeout: float = 5.0, of: str = "commands"):
         """Wait for ``of`` ("commands", "replies" or "logins"): a count, or one matching ``predicate``."""
@@ -864,6 +838,5 @@ class IMAPServer(Server):
         return self.wait_for_items(sources[of], predicate_or_count, timeout, of.rstrip("s"))
 
 
-SERVER = IMAPServer
 
 __all__ = ["IMAPFactory", "IMAPServer", "TestbedIMAPServer", "build_factory"]

@@ -17,15 +17,14 @@ import re
 import weakref
 from typing import Any, Callable, Iterable
 
-from twisted.cred import credentials, error as cred_error
-from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from twisted.mail import imap4
 from zope.interface import implementer
 
 from testbed.mail.store import SEPARATOR, SYSTEM_FLAGS, InvalidNameError, MailStore, Mailbox, StoredMessage
-from testbed.mail.store import normalize_mailbox_name, normalize_user
+from testbed.mail.credentials import MailChecker
+from testbed.mail.store import normalize_mailbox_name
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _MONTH_NUMBER = {m.lower(): i + 1 for i, m in enumerate(MONTHS)}
@@ -795,7 +794,7 @@ class SessionMailbox:
                 listener.flagsChanged({index + 1: flags})
 
 
-# -- the account, the realm and the checker -------------------------------------------
+# -- the account, the realm and the portal --------------------------------------------
 
 def _failure(code: str, error: Exception) -> imap4.MailboxException:
     """A MailboxException with an ASCII text (Twisted encodes some of them with networkString)."""
@@ -920,28 +919,8 @@ class MailRealm:
         return imap4.IAccount, Account(self.store, user, self.on_stored), lambda: None
 
 
-@implementer(ICredentialsChecker)
-class MailChecker:
-    """Checks LOGIN, PLAIN, LOGIN-SASL (cleartext) and CRAM-MD5 (hashed) credentials against the store."""
-
-    credentialInterfaces = (credentials.IUsernamePassword, credentials.IUsernameHashedPassword)
-
-    def __init__(self, store: MailStore):
-        self.store = store
-
-    def requestAvatarId(self, creds):
-        try:
-            username = creds.username
-            user = username.decode("utf-8") if isinstance(username, bytes) else str(username)
-            password = self.store.password(user)
-            if password is not None and creds.checkPassword(password.encode("utf-8")):
-                return defer.succeed(normalize_user(user))
-        except Exception:
-            pass
-        return defer.fail(cred_error.UnauthorizedLogin())
-
-
 def portal_for(store: MailStore, on_stored: Callable[..., None] | None = None) -> Portal:
+    """LOGIN and AUTHENTICATE go through the mail checker every server shares, then get an ``Account``."""
     return Portal(MailRealm(store, on_stored), [MailChecker(store)])
 
 
@@ -953,5 +932,5 @@ class LoginCredentials(imap4.LOGINCredentials):
         self.challenges = [b"Password:", b"Username:"]
 
 
-__all__ = ["Account", "IMAPMessage", "MailChecker", "MailRealm", "Part", "SearchError", "SessionMailbox",
+__all__ = ["Account", "IMAPMessage", "MailRealm", "Part", "SearchError", "SessionMailbox",
            "body_structure", "envelope", "imap_date", "parse_imap_date", "portal_for", "wire"]

@@ -1,4 +1,4 @@
-"""The POP3 and POP3S server, on ``twisted.mail.pop3.POP3``, over the shared mail store (``bed.mail``).
+"""The POP3 and POP3S server, on ``twisted.mail.pop3.POP3``, over the shared mail store (``context.mail()``).
 
 USER/PASS, APOP, SASL PLAIN and STLS; the RFC 1939 maildrop lock; deletions committed on QUIT only; faults per command.
 """
@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import itertools
 import os
 import re
-from hashlib import md5
 from typing import Any, Callable
 
 import attrs
 from twisted.cred import credentials
-from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.error import LoginDenied, LoginFailed, UnauthorizedLogin
+from twisted.cred.error import LoginDenied, LoginFailed
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, interfaces
 from twisted.internet.protocol import ServerFactory
@@ -25,9 +22,9 @@ from twisted.mail import pop3
 from twisted.protocols import basic
 from zope.interface import implementer
 
-from testbed.faults.wire import NO_FAULTS
+from testbed.faults.seam import NO_SEAM, SeamFactory
 from testbed.journal import COMMAND, ERROR, REPLY, STORED
-from testbed.mail.store import normalize_user
+from testbed.mail.credentials import APOPCredentials, MailChecker
 from testbed.servers.base import Server
 
 __all__ = ["POP3Server", "POP3Factory", "POP3Session", "Retrieval", "TestbedPOP3", "Maildrop", "build_factory"]
@@ -39,7 +36,6 @@ IMPLEMENTATION = b"twisted-testbed"
 HOSTNAME = "testbed.test"
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _EMPTY_LINE = re.compile(rb"(?:^|\n)\r?\n")
-_DEFAULT_FAULT_MESSAGE = "[SYS/TEMP] fault injected by the testbed"
 #: Numbers the APOP timestamps of every listener of the process.
 _MAGIC = itertools.count(1)
 
@@ -202,31 +198,6 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-@implementer(ICredentialsChecker)
-class MailStoreChecker:
-    """Checks USER/PASS and SASL PLAIN passwords and APOP digests against the mail store's users."""
-
-    credentialInterfaces = (credentials.IUsernamePassword, credentials.IUsernameHashedPassword)
-
-    def __init__(self, store) -> None:
-        self.store = store
-
-    def requestAvatarId(self, creds):
-        try:
-            user = normalize_user(_text(creds.username))
-            if isinstance(creds, pop3.APOPCredentials):
-                password = self.store.password(user)
-                # Twisted's APOPCredentials.checkPassword compares a str digest with bytes: never true.
-                ok = password is not None and hmac.compare_digest(
-                    md5(creds.magic + password.encode("utf-8")).hexdigest().encode("ascii"),
-                    bytes(creds.digest).lower())
-            else:
-                ok = self.store.check_password(user, _text(creds.password))
-        except (ValueError, TypeError):  # undecodable bytes, an invalid user name
-            ok = False
-        return defer.succeed(user) if ok else defer.fail(UnauthorizedLogin("authentication failed"))
-
-
 @implementer(IRealm)
 class MailStoreRealm:
     """Hands out a ``Maildrop`` holding the user's maildrop lock; logging out releases it."""
@@ -349,7 +320,7 @@ class TestbedPOP3(pop3.POP3):
     A wire action at a stage shapes the connection from that command's reply on.
     """
 
-    faults = NO_FAULTS
+    seam = NO_SEAM
     #: RFC 1939: the autologout timer is at least ten minutes.
     timeOut = 600
     factory: "POP3Factory"
@@ -370,22 +341,17 @@ class TestbedPOP3(pop3.POP3):
         self.magic = factory.next_magic()
         self.setTimeout(self.timeOut)
         greeting = f"{factory.hostname} POP3 server ready {self.magic.decode('ascii')}"
-        fault = self.faults.at("connect", tls=self._tls)
-        if fault is not None and not fault.wire:
-            if fault.action == "reply":
-                return self._fault_reply(fault, "connect")
-            if fault.action == "silence":
-                return self.faults.record(REPLY, status=None, text="", fault="silence")
-        else:
-            fault = None
-        self._respond(b"+OK", greeting, fault=fault)
+        fault = self.seam.at("connect", tls=self._tls)
+        if self._fault_handled(fault, "connect"):
+            return
+        self._respond(b"+OK", greeting, fault=None if fault is None or fault.wire else fault)
 
     def connectionLost(self, reason=None):
         self._gone = True
         super().connectionLost(reason)  # logs out: releases the maildrop lock
         if self.session is not None:
             self.session.closed = True
-            self.faults.record("pop3.logout", user=self.session.user, committed=self.session.committed)
+            self.seam.record("pop3.logout", user=self.session.user, committed=self.session.committed)
 
     def setTimeout(self, period):
         # _longOperation re-arms the timer when a transfer ends, even one ended by connectionLost.
@@ -393,7 +359,7 @@ class TestbedPOP3(pop3.POP3):
 
     def timeoutConnection(self):
         # RFC 1939: on autologout the server closes without a response and commits nothing.
-        self.faults.record(ERROR, error="autologout timer expired")
+        self.seam.record(ERROR, error="autologout timer expired")
         self.transport.loseConnection()
 
     # -- lines in ------------------------------------------------------------------------
@@ -404,13 +370,13 @@ class TestbedPOP3(pop3.POP3):
 
     def lineReceived(self, line):
         if self._drop_buffered:
-            self.faults.record(ERROR, error="command pipelined after STLS dropped", size=len(line))
+            self.seam.record(ERROR, error="command pipelined after STLS dropped", size=len(line))
             return
         self.resetTimeout()
         self.processCommand(line)
 
     def lineLengthExceeded(self, line):
-        self.faults.record(ERROR, error="line too long", size=len(line))
+        self.seam.record(ERROR, error="line too long", size=len(line))
         self._respond(b"-ERR", "line too long")
         self.transport.loseConnection()
 
@@ -427,7 +393,7 @@ class TestbedPOP3(pop3.POP3):
             else:
                 self._dispatch(line)
         except Exception as e:  # a bug here must cost one -ERR, never the connection
-            self.faults.record(ERROR, error=f"{type(e).__name__}: {e}")
+            self.seam.record(ERROR, error=f"{type(e).__name__}: {e}")
             self._respond(b"-ERR", "[SYS/TEMP] internal server error")
 
     def _dispatch(self, line: bytes) -> None:
@@ -437,7 +403,7 @@ class TestbedPOP3(pop3.POP3):
             args = [rest] if rest else []
         else:
             args = rest.split()
-        self.faults.record(COMMAND, command=verb[:40], args=self._shown_args(verb, args), user=self._user_attr())
+        self.seam.record(COMMAND, command=verb[:40], args=self._shown_args(verb, args), user=self._user_attr())
         if verb not in _ARITY:
             return self._respond(b"-ERR", "unknown command")
         valid = _TRANSACTION if self.mbox is not None else _AUTHORIZATION
@@ -454,16 +420,14 @@ class TestbedPOP3(pop3.POP3):
         if verb == "TOP" and _number(args[1], zero=True) is None:
             return self._respond(b"-ERR", "invalid line count")
         user = args[0].decode("utf-8", "replace") if verb in ("USER", "APOP") else self._user_attr()
-        fault = self.faults.at(verb, user=user, message=number, tls=self._tls)
+        fault = self.seam.at(verb, user=user, message=number, tls=self._tls)
         if fault is not None and fault.wire:
             fault = None
         elif fault is not None:
-            if fault.action == "reply":
-                if verb == "PASS":
-                    self._userIs = None
-                return self._fault_reply(fault, verb)
-            if fault.action == "silence":
-                return self.faults.record(REPLY, status=None, text="", fault="silence")
+            if fault.action == "reply" and verb == "PASS":
+                self._userIs = None
+            if self._fault_handled(fault, verb):
+                return
         getattr(self, "cmd_" + verb)(fault, *args)
 
     def _shown_args(self, verb: str, args: list[bytes]) -> list[str]:
@@ -509,7 +473,7 @@ class TestbedPOP3(pop3.POP3):
         if action == "disconnect":
             cut = int(fault.param("bytes", 0)) + (len(head) if lines is not None else 0)
             data = data[:cut]
-        self.faults.record(REPLY, **event)
+        self.seam.record(REPLY, **event)
         self.transport.write(data)
         if action == "disconnect":
             self.transport.loseConnection()
@@ -521,16 +485,9 @@ class TestbedPOP3(pop3.POP3):
     def failResponse(self, message=b""):
         self._respond(b"-ERR", message if isinstance(message, (str, bytes)) else str(message))
 
-    def _fault_reply(self, fault, stage: str) -> None:
-        message = fault.param("message") or _DEFAULT_FAULT_MESSAGE
-        self._respond(b"-ERR", message)
-        then = fault.param("then", "close" if stage in ("connect", "QUIT") else "none")
-        if then == "close":
-            self.transport.loseConnection()
-        elif then == "reset":
-            self.transport.abortConnection()
-        elif then == "stall":
-            self.faults.stall()
+    def _fault_handled(self, fault, stage: str) -> bool:
+        """A ``reply`` (-ERR) or ``silence`` fault, carried out through the seam; False for any other."""
+        return self.seam.carry_out(fault, stage, lambda _status, text: self._respond(b"-ERR", text))
 
     # -- AUTHORIZATION ---------------------------------------------------------------------------
 
@@ -555,7 +512,7 @@ class TestbedPOP3(pop3.POP3):
         self._login(credentials.UsernamePassword(user, password), "USER", fault)
 
     def cmd_APOP(self, fault, name, digest):
-        self._login(pop3.APOPCredentials(self.magic, name, digest), "APOP", fault)
+        self._login(APOPCredentials(self.magic, name, digest), "APOP", fault)
 
     def cmd_AUTH(self, fault, mechanism=None, initial=None):
         if mechanism is None:  # the pre-RFC 5034 listing some clients still ask for
@@ -565,7 +522,7 @@ class TestbedPOP3(pop3.POP3):
         if initial is None:
             self._sasl = "PLAIN"
             self._sasl_fault = fault
-            self.faults.record(REPLY, status="+", text="")
+            self.seam.record(REPLY, status="+", text="")
             self.transport.write(b"+ \r\n")
             return
         self._plain(b"" if initial == b"=" else initial, fault)
@@ -573,7 +530,7 @@ class TestbedPOP3(pop3.POP3):
     def _sasl_response(self, line: bytes) -> None:
         self._sasl = None
         fault, self._sasl_fault = self._sasl_fault, None
-        self.faults.record(COMMAND, command="(SASL response)", args=[HIDDEN])
+        self.seam.record(COMMAND, command="(SASL response)", args=[HIDDEN])
         if line.strip() == b"*":
             return self._respond(b"-ERR", "AUTH cancelled", fault=fault)
         self._plain(line.strip(), fault)
@@ -594,7 +551,7 @@ class TestbedPOP3(pop3.POP3):
 
     def _internal_error(self, failure) -> None:
         """The last errback of a long operation: answer once and let queued commands run."""
-        self.faults.record(ERROR, error=f"{failure.type.__name__}: {failure.getErrorMessage()}")
+        self.seam.record(ERROR, error=f"{failure.type.__name__}: {failure.getErrorMessage()}")
         if not self._gone:
             self._respond(b"-ERR", "[SYS/TEMP] internal server error")
 
@@ -604,7 +561,7 @@ class TestbedPOP3(pop3.POP3):
             logout()
             return
         self.mbox, self._onLogout = drop, logout
-        self.session = POP3Session(conn=self.faults.conn, user=drop.user, method=method, tls=self._tls)
+        self.session = POP3Session(conn=self.seam.conn, user=drop.user, method=method, tls=self._tls)
         self.factory.log.sessions.append(self.session)
         live = drop.live()
         octets = sum(m.size for _, m in live)
@@ -616,7 +573,7 @@ class TestbedPOP3(pop3.POP3):
         elif failure.check(LoginDenied, LoginFailed):
             self._respond(b"-ERR", "[AUTH] authentication failed", fault=fault)
         else:
-            self.faults.record(ERROR, error=failure.getErrorMessage())
+            self.seam.record(ERROR, error=failure.getErrorMessage())
             self._respond(b"-ERR", "[SYS/TEMP] cannot open the maildrop", fault=fault)
 
     def cmd_STLS(self, fault):
@@ -706,10 +663,10 @@ class TestbedPOP3(pop3.POP3):
 
         def finished(_):
             if reader.cut:
-                self.faults.record(REPLY, status=None, text="", fault="disconnect", sent=reader.sent)
+                self.seam.record(REPLY, status=None, text="", fault="disconnect", sent=reader.sent)
                 self.transport.loseConnection()
             elif action == "no_terminator":
-                self.faults.record(REPLY, status=None, text="", fault="no_terminator", sent=reader.sent)
+                self.seam.record(REPLY, status=None, text="", fault="no_terminator", sent=reader.sent)
                 if not reader.at_line_start:
                     self.transport.write(b"\r\n")
             else:
@@ -717,16 +674,16 @@ class TestbedPOP3(pop3.POP3):
             done(not reader.cut)
 
         def failed(failure):
-            self.faults.record(ERROR, error=f"transfer of message {number} stopped: {failure.getErrorMessage()}")
+            self.seam.record(ERROR, error=f"transfer of message {number} stopped: {failure.getErrorMessage()}")
             done(False)
 
         def done(complete: bool):
             if top is None and complete and self.session is not None:
                 self.session.retrieved.append(number)
             self.factory.log.retrievals.append(Retrieval(
-                conn=self.faults.conn, user=self.mbox.user, number=number, uid=message.uid, octets=message.size,
+                conn=self.seam.conn, user=self.mbox.user, number=number, uid=message.uid, octets=message.size,
                 sent=reader.sent, complete=complete, top=top))
-            self.faults.record("pop3.sent", number=number, uid=message.uid, sent=reader.sent,
+            self.seam.record("pop3.sent", number=number, uid=message.uid, sent=reader.sent,
                                complete=complete, top=top)
 
         d.addCallbacks(finished, failed)
@@ -757,7 +714,7 @@ class TestbedPOP3(pop3.POP3):
             self.session.committed = uids
             self.session.quit = True
             if uids:
-                self.faults.record(STORED, user=self.mbox.user, deleted=uids)
+                self.seam.record(STORED, user=self.mbox.user, deleted=uids)
             text += f" ({_messages(len(uids))} deleted)"
         self._respond(b"+OK", text, fault=fault)
         self.transport.loseConnection()
@@ -784,7 +741,7 @@ def _arity_text(low: int, high: int) -> str:
 # -- the factory and the server --------------------------------------------------------------------
 
 
-class POP3Factory(ServerFactory):
+class POP3Factory(SeamFactory, ServerFactory):
     """Builds ``TestbedPOP3`` protocols sharing a portal over the mail store, the clock and the session log."""
 
     protocol = TestbedPOP3
@@ -801,7 +758,7 @@ class POP3Factory(ServerFactory):
         self.implicit_tls = implicit_tls
         self.log = log if log is not None else POP3Log()
         self.hostname = hostname
-        self.portal = Portal(MailStoreRealm(mail), [MailStoreChecker(mail)])
+        self.portal = Portal(MailStoreRealm(mail), [MailChecker(mail)])
 
     @property
     def starttls(self) -> bool:
@@ -812,8 +769,9 @@ class POP3Factory(ServerFactory):
         """The APOP timestamp of a new connection: unique per process, connection and second."""
         return f"<{os.getpid()}.{next(_MAGIC)}.{int(self.reactor.seconds())}@{self.hostname}>".encode("ascii")
 
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr, seam=NO_SEAM):
         p = self.protocol()
+        p.seam = seam
         p.factory = self
         p.portal = self.portal
         p.callLater = self.reactor.callLater
@@ -832,19 +790,19 @@ class POP3Server(Server):
     scheme = "pop3"
     tls_scheme = "pop3s"
 
-    def __init__(self, bed, name: str, config) -> None:
-        super().__init__(bed, name, config)
+    def __init__(self, context) -> None:
+        super().__init__(context)
         self.log = POP3Log()
 
     @defer.inlineCallbacks
     def start(self):
-        bed, config = self.bed, self.config
+        context, config = self.context, self.config
         implicit = config.tls == "implicit"
         if config.listen:
-            factory = build_factory(config, bed.mail, self.tls, bed.reactor, implicit_tls=implicit, log=self.log)
+            factory = build_factory(config, context.mail(), self.tls, context.reactor, implicit_tls=implicit, log=self.log)
             yield self.listen(config.listen, factory, "pop3s" if implicit else "pop3", tls=implicit)
         if config.tls_listen:
-            factory = build_factory(config, bed.mail, self.tls, bed.reactor, implicit_tls=True, log=self.log)
+            factory = build_factory(config, context.mail(), self.tls, context.reactor, implicit_tls=True, log=self.log)
             yield self.listen(config.tls_listen, factory, "pop3s", tls=True)
 
     def reset(self) -> None:
@@ -865,11 +823,11 @@ class POP3Server(Server):
 
     def deliver(self, recipient: str, raw: bytes):
         """Put a message into ``recipient``'s INBOX (as SMTP would); returns the ``StoredMessage``."""
-        return self.bed.call(self.bed.mail.deliver, recipient, raw)
+        return self.context.call(self.context.mail().deliver, recipient, raw)
 
     def inbox(self, user: str) -> list:
         """The ``StoredMessage`` objects in ``user``'s INBOX now."""
-        return self.bed.call(lambda: list(self.bed.mail.mailbox(user).messages))
+        return self.context.call(lambda: list(self.context.mail().mailbox(user).messages))
 
     _KINDS: dict[str, Callable[["POP3Server"], list]] = {
         "login": lambda s: list(s.log.sessions),
@@ -888,6 +846,3 @@ class POP3Server(Server):
             raise ValueError(f"kind must be one of {', '.join(self._KINDS)}, not {kind!r}")
         collect = self._KINDS[kind]
         return self.wait_for_items(lambda: collect(self), predicate_or_count, timeout, kind)
-
-
-SERVER = POP3Server

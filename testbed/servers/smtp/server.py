@@ -46,8 +46,6 @@ import re
 from typing import Any
 
 from twisted.cred import credentials as cred_credentials
-from twisted.cred import error as cred_error
-from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from twisted.mail import smtp
@@ -56,8 +54,9 @@ from twisted.mail._except import IllegalClientResponse
 from twisted.mail.interfaces import IMessageDelivery
 from zope.interface import implementer
 
-from testbed.faults.wire import NO_FAULTS
+from testbed.faults.seam import NO_SEAM, SeamFactory
 from testbed.journal import COMMAND, ERROR, REPLY, STORED
+from testbed.mail.credentials import MailChecker
 from testbed.servers.base import Server
 
 #: Wire actions that end or black-hole the connection: at the ``message`` stage
@@ -83,30 +82,6 @@ _ENHANCED_FOR = {
 #: Replies that never carry an enhanced code: the greeting, TLS go-ahead, AUTH challenges, DATA go-ahead.
 _NO_ENHANCED = frozenset({220, 334, 354})
 
-#: What a fault reply says when its rule gives a code but no message.
-DEFAULT_FAULT_MESSAGES = {
-    421: "4.3.2 Service not available, closing transmission channel",
-    450: "4.2.1 Mailbox unavailable, try again later",
-    451: "4.3.0 Requested action aborted: local error in processing",
-    452: "4.3.1 Insufficient system storage",
-    454: "4.7.0 Temporary failure, try again later",
-    500: "5.5.2 Syntax error, command unrecognized",
-    501: "5.5.4 Syntax error in parameters or arguments",
-    502: "5.5.1 Command not implemented",
-    503: "5.5.1 Bad sequence of commands",
-    530: "5.7.0 Authentication required",
-    534: "5.7.9 Authentication mechanism is too weak",
-    535: "5.7.8 Authentication credentials invalid",
-    538: "5.7.11 Encryption required for requested authentication mechanism",
-    550: "5.1.1 Requested action not taken: mailbox unavailable",
-    551: "5.1.6 User not local",
-    552: "5.3.4 Message size exceeds fixed maximum message size",
-    553: "5.1.3 Requested action not taken: mailbox name not allowed",
-    554: "5.3.0 Transaction failed",
-}
-
-#: The code of a ``reply`` fault whose rule gives none, per stage.
-DEFAULT_FAULT_CODES = {"connect": 421, "AUTH": 535, "STARTTLS": 454, "DATA": 554, "message": 451}
 
 
 def _text(value: Any) -> str:
@@ -249,26 +224,6 @@ class _Delivery:
         return self.protocol._validate_to(user)
 
 
-@implementer(ICredentialsChecker)
-class MailStoreChecker:
-    """Checks AUTH credentials against the mail store's users (cleartext, so CRAM-MD5 works)."""
-
-    credentialInterfaces = (cred_credentials.IUsernamePassword, cred_credentials.IUsernameHashedPassword)
-
-    def __init__(self, mail):
-        self.mail = mail
-
-    def requestAvatarId(self, credentials):
-        try:
-            user = credentials.username.decode("utf-8") if isinstance(credentials.username, bytes) else credentials.username
-        except (UnicodeDecodeError, AttributeError):
-            return defer.fail(cred_error.UnauthorizedLogin())
-        password = self.mail.password(user) if user else None
-        if password is not None and credentials.checkPassword(password.encode("utf-8")):
-            return defer.succeed(user.lower())
-        return defer.fail(cred_error.UnauthorizedLogin())
-
-
 @implementer(IRealm)
 class _Realm:
     """Gives an authenticated connection (the ``mind``) a delivery that knows its user."""
@@ -290,7 +245,7 @@ class _PortalGate:
 
     def login(self, credentials, mind, *interfaces):
         protocol = self.protocol
-        fault = protocol.faults.at("AUTH", **protocol._attributes(user=_text(credentials.username),
+        fault = protocol.seam.at("AUTH", **protocol._attributes(user=_text(credentials.username),
                                                                    mechanism=protocol._mechanism))
         if protocol._fault_handled(fault, "AUTH"):
             return defer.Deferred()  # the fault answered; Twisted stays silent
@@ -304,13 +259,14 @@ class TestbedSMTP(smtp.ESMTP):
     """Twisted's ESMTP with the testbed's extensions, limits, journal and fault stages."""
 
     noisy = False
-    faults = NO_FAULTS
+    seam = NO_SEAM
     #: Longest command or AUTH line (message text is limited by size only).
     MAX_LENGTH = 16384
 
-    def __init__(self, factory: "SMTPFactory"):
+    def __init__(self, factory: "SMTPFactory", seam=NO_SEAM):
         super().__init__(factory.challengers, factory.tls_context)
         self.factory = factory
+        self.seam = seam
         self.config = factory.config
         self._host = factory.host
         self.portal = _PortalGate(self, factory.portal)
@@ -351,33 +307,12 @@ class TestbedSMTP(smtp.ESMTP):
 
     # -- faults ------------------------------------------------------------------------------
 
-    def _decide(self, stage: str, attributes: dict):
-        """Ask the engine without applying a wire action yet (for DATA: the 354 goes out first)."""
-        faults = self.faults
-        if faults.engine is None:
-            return None
-        return faults.engine.decide(faults.server, stage, faults.conn, attributes)
-
     def _fault_handled(self, fault, stage: str) -> bool:
-        """Carry out a protocol action (reply, silence); False when there is none to carry out."""
-        if fault is None or fault.wire:
-            return False
-        if fault.action == "silence":
-            self._silence()
-            return True
-        code = int(fault.param("code", DEFAULT_FAULT_CODES.get(stage, 451)))
-        message = fault.param("message", None)
-        if message is None:
-            message = DEFAULT_FAULT_MESSAGES.get(code, "Requested action not taken (testbed fault)")
-        self.sendCode(code, message.encode("utf-8"), raw=True)
-        then = fault.param("then", "none")
-        if then == "none":
-            if code == 421:  # RFC 5321 3.8: a 421 closes the channel
-                self.transport.loseConnection()
-        else:
-            self.faults.follow_up(fault, self.transport)
-            self._silence()
-        return True
+        """Carry out a protocol action (reply, silence) through the seam; False when there is none to carry out."""
+        return self.seam.carry_out(fault, stage, self._send_fault_reply, silence=self._silence)
+
+    def _send_fault_reply(self, code: int, message: str) -> None:
+        self.sendCode(int(code), message.encode("utf-8"), raw=True)
 
     def _silence(self) -> None:
         """No more replies: input is ignored from now on (the client waits, or times out)."""
@@ -429,7 +364,7 @@ class TestbedSMTP(smtp.ESMTP):
         if self.mode == smtp.AUTH:
             self.mode = smtp.COMMAND
             self.challenger = None
-        self.faults.record(ERROR, error="line too long")
+        self.seam.record(ERROR, error="line too long")
         self.sendCode(500, b"5.5.6 Line too long")
 
     def _body(self, data: bytes) -> bytes:
@@ -484,7 +419,7 @@ class TestbedSMTP(smtp.ESMTP):
                 self._collector.connectionLost()
 
     def _internal_error(self, error: Exception) -> None:
-        self.faults.record(ERROR, error=f"{type(error).__name__}: {error}")
+        self.seam.record(ERROR, error=f"{type(error).__name__}: {error}")
         if self.mode != smtp.DATA:
             self.mode = smtp.COMMAND
             self.sendCode(451, b"4.3.0 Requested action aborted: local error in processing")
@@ -500,7 +435,7 @@ class TestbedSMTP(smtp.ESMTP):
             name = verb.decode("ascii")
         except UnicodeDecodeError:
             name = ""
-        self.faults.record(COMMAND, command=name or _text(verb),
+        self.seam.record(COMMAND, command=name or _text(verb),
                            arg=_text(rest.split(None, 1)[0] if rest else b"") if name == "AUTH" else _text(rest))
         if self._rejecting and name != "QUIT":
             self.sendCode(503, b"5.5.1 Bad sequence of commands")
@@ -538,7 +473,7 @@ class TestbedSMTP(smtp.ESMTP):
             first = message
             out = b"%d %s\r\n" % (code, message)
         self.transport.write(out)
-        self.faults.record(REPLY, code=code, message=first.decode("utf-8", "replace"))
+        self.seam.record(REPLY, code=code, message=first.decode("utf-8", "replace"))
 
     # -- connect -----------------------------------------------------------------------------
 
@@ -547,7 +482,7 @@ class TestbedSMTP(smtp.ESMTP):
 
     def connectionMade(self) -> None:
         self.tls = bool(getattr(getattr(self.transport, "factory", None), "tls", False))
-        fault = self.faults.at("connect")
+        fault = self.seam.at("connect")
         if fault is None or fault.wire:
             smtp.SMTP.connectionMade(self)
             return
@@ -578,7 +513,7 @@ class TestbedSMTP(smtp.ESMTP):
 
     def _hello(self, rest: bytes, stage: str) -> bool:
         """The common part of HELO and EHLO; False when answered already."""
-        fault = self.faults.at(stage, **self._attributes(helo=_text(rest)))
+        fault = self.seam.at(stage, **self._attributes(helo=_text(rest)))
         if self._fault_handled(fault, stage):
             return False
         if not rest:
@@ -608,7 +543,7 @@ class TestbedSMTP(smtp.ESMTP):
         if not self._can_start_tls():
             self.sendCode(502, b"5.5.1 STARTTLS not available")
             return
-        if self._fault_handled(self.faults.at("STARTTLS", **self._attributes()), "STARTTLS"):
+        if self._fault_handled(self.seam.at("STARTTLS", **self._attributes()), "STARTTLS"):
             return
         self.sendCode(220, b"2.0.0 Ready to start TLS", raw=True)
         self.transport.startTLS(self.ctx)
@@ -673,7 +608,7 @@ class TestbedSMTP(smtp.ESMTP):
     def _validate_from(self, origin):
         self._mail_from = mail_from = _text(origin)
         size = self._declared_size
-        fault = self.faults.at("MAIL", **self._attributes(mail_from=mail_from, size=size))
+        fault = self.seam.at("MAIL", **self._attributes(mail_from=mail_from, size=size))
         if self._fault_handled(fault, "MAIL"):
             return defer.Deferred()  # answered by the fault; Twisted stays silent
         limit = self.config.max_message_size
@@ -683,7 +618,7 @@ class TestbedSMTP(smtp.ESMTP):
 
     def _validate_to(self, user):
         rcpt = _text(user.dest)
-        fault = self.faults.at("RCPT", **self._attributes(rcpt=rcpt, mail_from=self._mail_from))
+        fault = self.seam.at("RCPT", **self._attributes(rcpt=rcpt, mail_from=self._mail_from))
         if self._fault_handled(fault, "RCPT"):
             return defer.Deferred()
         if len(self._to) >= self.config.max_recipients:
@@ -704,7 +639,7 @@ class TestbedSMTP(smtp.ESMTP):
             return
         mail_from = self._mail_from
         rcpts = [recipient.rcpt for _, recipient in self._to]
-        fault = self._decide("DATA", self._attributes(mail_from=mail_from, rcpt=rcpts))
+        fault = self.seam.decide("DATA", **self._attributes(mail_from=mail_from, rcpt=rcpts))
         if self._fault_handled(fault, "DATA"):
             # The transaction ends: smtplib sends no RSET after a refused DATA.
             self._from = None
@@ -715,13 +650,13 @@ class TestbedSMTP(smtp.ESMTP):
         self._line_start = True
         super().do_DATA(rest)
         if fault is not None:
-            self.faults.apply(fault)  # a wire action at DATA acts after the 354
+            self.seam.apply(fault)  # a wire action at DATA acts after the 354
 
     def _end_of_message(self, raw: bytes):
         """After the final dot: the ``message`` stage, then delivery (before the 250)."""
         self._collector = None
         mail_from, rcpts = self._envelope
-        fault = self.faults.at("message", **self._attributes(mail_from=mail_from, rcpt=rcpts, size=len(raw)))
+        fault = self.seam.at("message", **self._attributes(mail_from=mail_from, rcpt=rcpts, size=len(raw)))
         if fault is not None:
             if fault.wire:
                 if fault.action in CUTTING:
@@ -737,7 +672,7 @@ class TestbedSMTP(smtp.ESMTP):
             stored = self._store(mail_from, rcpts, raw)
         except Exception as e:  # never let Twisted turn it into a bare 550
             stored = False
-            self.faults.record(ERROR, error=f"delivery failed: {type(e).__name__}: {e}")
+            self.seam.record(ERROR, error=f"delivery failed: {type(e).__name__}: {e}")
         if not stored:
             self.sendCode(451, b"4.3.0 Requested action aborted: local error in processing")
             return defer.Deferred()
@@ -750,35 +685,35 @@ class TestbedSMTP(smtp.ESMTP):
             try:
                 deliver(rcpt, raw)
             except Exception as e:
-                self.faults.record(ERROR, error=f"delivery to {rcpt} failed: {type(e).__name__}: {e}")
+                self.seam.record(ERROR, error=f"delivery to {rcpt} failed: {type(e).__name__}: {e}")
             else:
                 delivered.append(rcpt)
         if not delivered:
             return False
-        message = SMTPMessage(mail_from, delivered, raw, self.faults.conn, self.tls, self.auth_user,
+        message = SMTPMessage(mail_from, delivered, raw, self.seam.conn, self.tls, self.auth_user,
                               self.helo)
         self.factory.messages.append(message)
-        self.faults.record(STORED, mail_from=mail_from, rcpt=delivered, size=len(raw))
+        self.seam.record(STORED, mail_from=mail_from, rcpt=delivered, size=len(raw))
         return True
 
     # -- the rest -----------------------------------------------------------------------------------
 
     def do_RSET(self, rest: bytes) -> None:
-        if not self._fault_handled(self.faults.at("RSET", **self._attributes()), "RSET"):
+        if not self._fault_handled(self.seam.at("RSET", **self._attributes()), "RSET"):
             self._from = None
             self._to = []
             self.sendCode(250, b"2.0.0 Ok")
 
     def do_NOOP(self, rest: bytes) -> None:
-        if not self._fault_handled(self.faults.at("NOOP", **self._attributes()), "NOOP"):
+        if not self._fault_handled(self.seam.at("NOOP", **self._attributes()), "NOOP"):
             self.sendCode(250, b"2.0.0 Ok")
 
     def do_VRFY(self, rest: bytes) -> None:
-        if not self._fault_handled(self.faults.at("VRFY", **self._attributes(rcpt=_text(rest))), "VRFY"):
+        if not self._fault_handled(self.seam.at("VRFY", **self._attributes(rcpt=_text(rest))), "VRFY"):
             self.sendCode(252, b"2.5.0 Cannot VRFY user, but will accept message and attempt delivery")
 
     def do_QUIT(self, rest: bytes) -> None:
-        if not self._fault_handled(self.faults.at("QUIT", **self._attributes()), "QUIT"):
+        if not self._fault_handled(self.seam.at("QUIT", **self._attributes()), "QUIT"):
             self.sendCode(221, b"2.0.0 Bye")
             self.transport.loseConnection()
 
@@ -793,7 +728,7 @@ _CHALLENGERS = {
 }
 
 
-class SMTPFactory(smtp.SMTPFactory):
+class SMTPFactory(SeamFactory, smtp.SMTPFactory):
     """Builds ``TestbedSMTP`` connections sharing one config, mail store and list of accepted messages."""
 
     protocol = TestbedSMTP
@@ -802,7 +737,7 @@ class SMTPFactory(smtp.SMTPFactory):
     def __init__(self, config, mail, tls=None, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
-        super().__init__(Portal(_Realm(), [MailStoreChecker(mail)]))
+        super().__init__(Portal(_Realm(), [MailChecker(mail)]))
         self.config = config
         self.mail = mail
         self.reactor = reactor
@@ -812,8 +747,8 @@ class SMTPFactory(smtp.SMTPFactory):
                             for name in config.auth}
         self.messages: list[SMTPMessage] = []
 
-    def buildProtocol(self, addr):
-        p = self.protocol(self)
+    def buildProtocol(self, addr, seam=NO_SEAM):
+        p = self.protocol(self, seam)
         p.timeout = self.timeout
         return p
 
@@ -836,9 +771,9 @@ class SMTPServer(Server):
     scheme = "smtp"
     tls_scheme = "smtps"
 
-    def __init__(self, bed, name: str, config):
-        super().__init__(bed, name, config)
-        self.factory = build_factory(config, bed.mail, self.tls, bed.reactor)
+    def __init__(self, context):
+        super().__init__(context)
+        self.factory = build_factory(self.config, context.mail(), self.tls, context.reactor)
 
     @defer.inlineCallbacks
     def start(self):
@@ -875,6 +810,3 @@ class SMTPServer(Server):
         what = f"{count} message(s)" + (f" to {to!r}" if to is not None else "")
         return self._wait(collect, lambda found: len(found) >= count, what, timeout,
                           seen=lambda: list(self.factory.messages))
-
-
-SERVER = SMTPServer

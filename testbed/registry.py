@@ -1,0 +1,176 @@
+"""The protocols: each declares its config, fault stages and actions, listeners, fixture and daemon options once.
+
+A protocol is a package under ``testbed/servers/`` whose ``spec.py`` defines
+``SPEC``, a ``ProtocolSpec``; adding one is that package plus one line in
+``SPEC_MODULES``. Spec modules are pure data: they import no Twisted protocol
+module (some install a reactor at import), so validation, the catalog, the
+pytest fixtures and the twistd options can all read them cheaply. Everything
+else that lists protocols (the scenario's server tables, the fault catalog,
+the harness, the fixtures, the daemon's options and default ports, the
+README's fault tables) is derived from here.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Any, Callable, Mapping
+
+import attrs
+
+from testbed.faults.rules import FaultSurface, ReplyStyle
+
+#: One line per protocol: the module holding its ``SPEC``.
+SPEC_MODULES = (
+    "testbed.servers.http.spec",
+    "testbed.servers.smtp.spec",
+    "testbed.servers.pop3.spec",
+    "testbed.servers.imap.spec",
+    "testbed.servers.ftp.spec",
+    "testbed.servers.dns.spec",
+    "testbed.servers.echo.spec",
+)
+
+#: A listener endpoint on a free loopback port: the default of every ``listen`` key.
+EPHEMERAL = "tcp:0:interface=127.0.0.1"
+
+#: Certificates a TLS listener can serve (``certificate = ...`` on a server), see testbed.tls.
+CERTIFICATE_KINDS = ("valid", "expired", "not_yet_valid", "wrong_host", "self_signed", "untrusted_ca")
+
+
+@attrs.frozen
+class ListenerSpec:
+    """One listener a protocol can open: its scenario key, label, URL scheme and daemon port."""
+
+    #: The config key holding its endpoint ("listen", "tls_listen").
+    key: str
+    #: What ``describe`` and ``--ports-out`` call it ("smtp", "smtps").
+    label: str
+    scheme: str
+    tls: bool = False
+    #: The ``twistd testbed`` option that sets it (``--smtps ENDPOINT``), and its well-known port there.
+    option: str = ""
+    daemon_port: int | None = None
+    #: "tcp", or "udp+tcp" for DNS (UDP on the TCP port's number).
+    transport: str = "tcp"
+
+
+class Check:
+    """What a spec's ``check`` gets: fail with a key under this server's table; resolve scenario paths."""
+
+    def __init__(self, fail: Callable[..., None], prefix: str, path: Callable[[str], str], users: Mapping[str, str]):
+        self._fail = fail
+        self.prefix = prefix
+        self.path = path
+        self.users = users
+
+    def fail(self, key: str, expected: str, got: Any = attrs.NOTHING) -> None:
+        self._fail(f"{self.prefix}.{key}", expected, got)
+
+
+@attrs.frozen
+class ProtocolSpec:
+    """Everything the testbed knows about a protocol before it imports the protocol's code."""
+
+    name: str
+    #: One line for docs and ``--help``.
+    summary: str
+    #: The attrs class of ``[servers.NAME]`` (every field defaulted; ``enabled`` among them).
+    config: type
+    faults: FaultSurface
+    listeners: tuple[ListenerSpec, ...]
+    #: "module:Class" of its ``Server`` (imported only when an instance runs).
+    server: str
+    #: How its ``reply`` fault is worded (line protocols), else None.
+    replies: ReplyStyle | None = None
+    #: The pytest fixture that hands out its default instance ("smtp_server"), or None.
+    fixture: str | None = None
+    #: Cross-field checks of its config: ``check(config, Check)``.
+    check: Callable[[Any, Check], None] | None = None
+    #: Extra ``[servers.NAME]`` keys the embedded default scenario sets (ports come from ``listeners``).
+    daemon_defaults: Mapping[str, Any] = attrs.Factory(dict)
+
+    def load_server(self) -> type:
+        module, _, cls = self.server.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def catalog(self) -> dict:
+        """The protocol's stages, match attributes and actions with parameters, as JSON-ready data."""
+        surface = self.faults
+
+        def params(schema: Mapping[str, object]) -> dict:
+            return {key: list(tp) if isinstance(tp, tuple) else getattr(tp, "__name__", str(tp))
+                    for key, tp in schema.items()}
+
+        actions = surface.all_actions()
+        return {
+            "protocol": self.name,
+            "summary": self.summary,
+            "transport": surface.transport,
+            "default_stage": surface.default_stage,
+            "match": sorted(surface.match),
+            "stages": {stage: {"note": surface.notes.get(stage, ""),
+                               "actions": sorted(a for a in actions if stage in surface.stages_for(a))}
+                       for stage in sorted(surface.stages)},
+            "actions": {action: {"wire": surface.is_wire(action), "params": params(schema),
+                                 "stages": sorted(surface.stages_for(action))}
+                        for action, schema in sorted(actions.items())},
+        }
+
+
+@functools.cache
+def protocols() -> dict[str, ProtocolSpec]:
+    """Every registered protocol, by name, in registration order."""
+    specs = {}
+    for module in SPEC_MODULES:
+        spec = importlib.import_module(module).SPEC
+        specs[spec.name] = spec
+    return specs
+
+
+def protocol(name: str) -> ProtocolSpec:
+    try:
+        return protocols()[name]
+    except KeyError:
+        raise KeyError(f"no protocol {name!r} (registered: {', '.join(protocols())})") from None
+
+
+def fault_surfaces() -> dict[str, FaultSurface]:
+    """Each protocol's fault surface (stages, actions, match attributes), by protocol name."""
+    return {name: spec.faults for name, spec in protocols().items()}
+
+
+def catalog() -> dict[str, dict]:
+    """Every protocol's fault catalog (the control API and the experiment explorer read this)."""
+    return {name: spec.catalog() for name, spec in protocols().items()}
+
+
+def endpoint_options() -> dict[str, tuple[str, str]]:
+    """``twistd testbed --OPTION ENDPOINT`` -> (protocol, config key it sets)."""
+    return {l.option: (spec.name, l.key) for spec in protocols().values() for l in spec.listeners if l.option}
+
+
+def daemon_scenario_servers() -> dict[str, dict]:
+    """The embedded default scenario's ``[servers]``: every daemon listener on its well-known loopback port."""
+    servers = {}
+    for spec in protocols().values():
+        table = {l.key: f"tcp:{l.daemon_port}:interface=127.0.0.1" for l in spec.listeners if l.daemon_port}
+        if table:
+            servers[spec.name] = {**table, **spec.daemon_defaults}
+    return servers
+
+
+def fault_tables_markdown() -> str:
+    """The README's per-protocol fault tables: stages, and the protocol actions at each."""
+    out = []
+    for spec in protocols().values():
+        surface = spec.faults
+        out.append(f"**{spec.name}** ({surface.transport}; match on: "
+                   + (", ".join(f"`{m}`" for m in sorted(surface.match)) or "anything") + ")\n")
+        out.append("| stage | protocol actions |")
+        out.append("| --- | --- |")
+        for stage in sorted(surface.stages):
+            own = sorted(a for a in surface.actions if stage in surface.stages_for(a))
+            out.append(f"| `{stage}` | " + (", ".join(f"`{a}`" for a in own) or "wire actions only") + " |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
