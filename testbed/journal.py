@@ -25,16 +25,17 @@ STORED = "stored"
 ERROR = "error"
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """Plain data for JSON: bytes as UTF-8 text, or ``{\"base64\": ...}`` when not text."""
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError:
             return {"base64": base64.b64encode(value).decode("ascii")}
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return repr(value)
@@ -42,7 +43,7 @@ def _jsonable(value: Any) -> Any:
 
 def to_json(event: dict) -> str:
     """One event as one line of JSON (bytes as UTF-8 text, or base64 when not text)."""
-    return json.dumps(_jsonable(event), separators=(",", ":"), sort_keys=False)
+    return json.dumps(jsonable(event), separators=(",", ":"), sort_keys=False)
 
 
 class Journal:

@@ -337,6 +337,13 @@ class StoredMessage:
         """The flags that are not IMAP system flags."""
         return {f for f in self.flags if f not in _FLAG_TO_LETTER}
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: where it is, its flags and date, with the parsed message (headers, bodies, attachments, raw)."""
+        from testbed.mail.render import message_dict
+
+        return {"uid": self.uid, "user": self.user, "mailbox": self.mailbox_name, "flags": sorted(self.flags),
+                "internal_date": self.internal_date, "recent": self.recent, **message_dict(self.message, self.raw)}
+
 
 # ---------------------------------------------------------------------------
 # Mailboxes

@@ -142,6 +142,12 @@ class DNSQuery:
         message.fromStr(self.wire)
         return message
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the question, who asked, the rcode and answer records, the fault that shaped it."""
+        return {"name": self.name, "type": self.type, "transport": self.transport, "rcode": self.rcode,
+                "conn": self.conn, "id": self.id, "peer": self.peer, "fault": self.fault,
+                "truncated": self.truncated, "sent": self.sent, "answer": self.answer}
+
     @property
     def answer(self) -> list[str]:
         """The answer section as text records (``"www.example.test. 300 IN A 127.0.0.5"``)."""

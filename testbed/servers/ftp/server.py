@@ -927,6 +927,10 @@ class FTPUpload:
     command: str = "STOR"
     tls: bool = False
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: every field."""
+        return attrs.asdict(self)
+
 
 @implementer(portal.IRealm)
 class _ConnectionRealm:

@@ -58,6 +58,14 @@ class HTTPRequest(NamedTuple):
     def text(self) -> str:
         return self.body.decode("utf-8", "replace")
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: method, path, query, headers, the body as text (base64 when not UTF-8), TLS, connection."""
+        from testbed.journal import jsonable
+
+        return {"method": self.method, "path": self.path, "query": self.raw_query, "uri": self.uri,
+                "headers": [list(item) for item in self.header_items], "body": jsonable(self.body),
+                "size": len(self.body), "tls": self.tls, "conn": self.conn}
+
     def __repr__(self) -> str:
         return f"HTTPRequest(method={self.method!r}, path={self.path!r}, query={self.raw_query!r}, conn={self.conn})"
 
@@ -230,7 +238,7 @@ class TestbedResource(resource.Resource):
         set_header = request.responseHeaders.setRawHeaders
         for name, value in headers:
             set_header(name, [value])
-        self.http.context.journal.record(REPLY, "http", conn, status=status, size=len(body))
+        self.http.context.journal.record(REPLY, self.http.name, conn, status=status, size=len(body))
         return body
 
     # -- protocol faults ----------------------------------------------------------
@@ -251,7 +259,7 @@ class TestbedResource(resource.Resource):
         elif action == "short_body":
             transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n"
                             b"only 22 of 100 bytes\r\n")
-        journal.record(REPLY, "http", conn, status=None, broken=action)
+        journal.record(REPLY, self.http.name, conn, status=None, broken=action)
         transport.loseConnection()
         return server.NOT_DONE_YET
 
@@ -283,12 +291,12 @@ class TestbedResource(resource.Resource):
                 if not real.startswith(http.static_real + os.sep):
                     reason = "index resolves outside the static root"
         if reason is not None:
-            http.context.journal.record(ERROR, "http", conn, error="path escapes root", path=request.path.decode("utf-8", "replace"),
+            http.context.journal.record(ERROR, http.name, conn, error="path escapes root", path=request.path.decode("utf-8", "replace"),
                                     reason=reason)
             return self.respond(request, *NOT_FOUND, conn)
         if not os.path.isfile(target):
             return self.respond(request, *NOT_FOUND, conn)
-        http.context.journal.record(REPLY, "http", conn, status=200, file=os.path.relpath(target, http.static_root))
+        http.context.journal.record(REPLY, http.name, conn, status=200, file=os.path.relpath(target, http.static_root))
         return static.File(target).render(request)
 
 
@@ -372,7 +380,7 @@ class HTTPServer(Server):
 
     def _add_route(self, route: Route) -> None:
         self._runtime_routes.append(RouteState(route))
-        self.context.journal.record(STORED, "http", None, route=f"{route.method} {route.path}")
+        self.context.journal.record(STORED, self.name, None, route=f"{route.method} {route.path}")
 
     def wait_for(self, predicate_or_count: Any = 1, timeout: float = 5.0):
         """The requests once ``count`` have arrived, or those matching ``predicate``."""

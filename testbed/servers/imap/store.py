@@ -22,8 +22,8 @@ from twisted.internet import defer
 from twisted.mail import imap4
 from zope.interface import implementer
 
-from testbed.mail.store import SEPARATOR, SYSTEM_FLAGS, InvalidNameError, MailStore, Mailbox, StoredMessage
 from testbed.mail.credentials import MailChecker
+from testbed.mail.store import SEPARATOR, SYSTEM_FLAGS, InvalidNameError, MailStore, Mailbox, StoredMessage
 from testbed.mail.store import normalize_mailbox_name
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

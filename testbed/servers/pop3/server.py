@@ -73,6 +73,10 @@ class POP3Session:
     quit: bool = False
     closed: bool = False
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: every field."""
+        return attrs.asdict(self)
+
 
 @attrs.frozen
 class Retrieval:
@@ -86,6 +90,10 @@ class Retrieval:
     sent: int
     complete: bool
     top: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: every field."""
+        return attrs.asdict(self)
 
 
 class POP3Log:

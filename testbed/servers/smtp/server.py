@@ -130,6 +130,13 @@ class SMTPMessage:
     def subject(self) -> str | None:
         return self.message["subject"]
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the envelope and its context, with the parsed message (headers, bodies, attachments, raw)."""
+        from testbed.mail.render import message_dict
+
+        return {"mail_from": self.mail_from, "rcpt_to": list(self.rcpt_to), "conn": self.conn, "tls": self.tls,
+                "auth_user": self.auth_user, "helo": self.helo, **message_dict(self.message, self.raw)}
+
     def __repr__(self) -> str:
         try:
             subject = self.subject
