@@ -94,13 +94,17 @@ class TLSConfig:
     hostnames: typing.List[str] = attrs.Factory(lambda: ["localhost", "127.0.0.1", "::1"])
 
 
+#: The bound on events (and on each server's record lists) when a scenario sets none.
+DEFAULT_MAX_EVENTS = 200_000
+
+
 @attrs.frozen
 class JournalConfig:
     #: Payload bytes kept per connection and direction (counts are always kept).
     payload_cap: int = 16384
     #: Events kept in memory, oldest dropped first (0: no limit). Also bounds
     #: what each server keeps for tests (requests, messages, queries...).
-    max_events: int = 0
+    max_events: int = DEFAULT_MAX_EVENTS
 
 
 @attrs.frozen

@@ -12,6 +12,7 @@ import base64
 import json
 import threading
 import time
+from collections import deque
 from typing import IO, Any, Callable, Iterable, Iterator
 
 #: Event kinds every server uses; protocols may add their own.
@@ -23,6 +24,8 @@ REPLY = "reply"
 FAULT = "fault"
 STORED = "stored"
 ERROR = "error"
+#: The server stopped reading a client that does not read its replies (``reading=False``), or read again.
+FLOW = "flow"
 
 
 def jsonable(value: Any) -> Any:
@@ -46,6 +49,28 @@ def to_json(event: dict) -> str:
     return json.dumps(jsonable(event), separators=(",", ":"), sort_keys=False)
 
 
+class Records(deque):
+    """A record list that keeps the newest ``limit`` items (0: all): the journal's events, a server's messages.
+
+    One bound for everything a run keeps per event: ``[journal] max_events``.
+    Appending is deque's own C code, so the bound costs nothing per record.
+    """
+
+    def __init__(self, limit: int = 0, items: Iterable = ()):
+        super().__init__(items, limit or None)
+
+    @property
+    def limit(self) -> int:
+        return self.maxlen or 0
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, deque)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class Journal:
     """What crossed every server, in order.
 
@@ -60,10 +85,10 @@ class Journal:
         #: ``data`` events; counts are always kept.
         self.payload_cap = payload_cap
         #: Keep at most this many events, oldest dropped first (0: no limit);
-        #: servers bound what they keep for tests (``requests``...) the same way.
+        #: servers bound what they keep for tests (``requests``...) with ``records()``.
         self.max_events = max_events
         self._clock = clock
-        self._events: list[dict] = []
+        self._events: Records = Records(max_events)
         self._seq = 0
         self._sinks: list[Callable[[dict], None]] = []
         self._changed = threading.Condition()
@@ -74,10 +99,7 @@ class Journal:
         # On every server's hot path: one dict display, no intermediate copies.
         self._seq += 1
         event = {"seq": self._seq, "t": self._clock(), "kind": kind, "server": server, "conn": conn, **fields}
-        events = self._events
-        events.append(event)
-        if self.max_events and len(events) > self.max_events:
-            bounded(events, self.max_events)
+        self._events.append(event)
         if self._sinks:
             for sink in self._sinks:
                 sink(event)
@@ -97,7 +119,11 @@ class Journal:
 
     def clear(self) -> None:
         """Forget every event (between tests); sequence numbers keep counting."""
-        self._events = []
+        self._events = Records(self.max_events)
+
+    def records(self) -> Records:
+        """An empty record list under this run's bound, for what a server keeps for tests."""
+        return Records(self.max_events)
 
     # -- reading --------------------------------------------------------
 
@@ -138,7 +164,7 @@ class Journal:
         return self.query(FAULT, server=server, fired=True)
 
     def tail(self, n: int = 20) -> list[dict]:
-        return list(self._events[-n:])
+        return list(self._events)[-n:] if n > 0 else []
 
     def export(self, target: str | IO[str]) -> int:
         """Write every event as JSON Lines to a path or a text file; returns the count."""
@@ -167,12 +193,6 @@ class Journal:
                     self._changed.wait(min(remaining, 0.5))
             finally:
                 self._waiters -= 1
-
-
-def bounded(items: list, limit: int) -> None:
-    """Drop the oldest items of a list that grew past ``limit``, a tenth at a time (amortised O(1))."""
-    if limit and len(items) > limit:
-        del items[: len(items) - limit + limit // 10]
 
 
 class JSONLWriter:

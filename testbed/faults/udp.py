@@ -54,7 +54,19 @@ class FaultingDatagramProtocol(DatagramProtocol):
         conn = self.peers.get(addr)
         if conn is None:
             conn = self.peers[addr] = self.engine.next_connection(self.server)
+            limit = self.journal.max_events
+            if limit and len(self.peers) > limit:
+                self._forget_oldest(limit)
         return conn
+
+    def _forget_oldest(self, limit: int) -> None:
+        """Bound the peer table like every record list: a tenth of the oldest peers go (amortised O(1)).
+
+        A forgotten peer that comes back is numbered as a new connection.
+        """
+        keep = limit - limit // 10
+        self.peers = dict(list(self.peers.items())[-keep:])
+        self._pending_down = {a: f for a, f in self._pending_down.items() if a in self.peers}
 
     def reset(self) -> None:
         self.peers.clear()

@@ -28,7 +28,7 @@ from twisted.names import dns, resolve
 from testbed.faults.udp import FaultingDatagramProtocol, apply_datagram_fault
 from testbed.faults.seam import NO_SEAM, SeamFactory
 from testbed.schema import ScenarioError
-from testbed.journal import COMMAND, ERROR, REPLY, STORED
+from testbed.journal import COMMAND, ERROR, REPLY, STORED, Records
 from testbed.servers.base import Server
 from testbed.servers.dns.records import ZoneServerFactory, ZoneSet
 from testbed.servers.udp import listen_udp, udp_address
@@ -233,7 +233,8 @@ class DNSFactory(SeamFactory, ZoneServerFactory):
         self.journal = journal
         self.clock = clock
         self.server = server
-        self.queries: list[DNSQuery] = []
+        #: What was asked and answered, the newest ``journal.max_events`` (all without a journal).
+        self.queries = journal.records() if journal is not None else Records()
 
     def set_zones(self, zones: ZoneSet) -> None:
         self.zones = zones
@@ -507,7 +508,7 @@ class DNSServer(Server):
         super().reset()
         if self.factory is None:
             return
-        self.factory.queries = []
+        self.factory.queries = self.context.journal.records()
         if self._changed:
             self.factory.set_zones(self.build_zones())
             self._changed = False

@@ -1014,7 +1014,7 @@ class FTPServer(Server):
         if config.require_tls and config.tls != "starttls":
             raise ValueError("servers.ftp.require_tls needs tls = \"starttls\"")
         self.root: str | None = self.context.path(config.root) if config.root else None
-        self.uploads: list[FTPUpload] = []
+        self.uploads = self.context.journal.records()
         self.shell = self._make_shell()
         self.factory: FTPFactory | None = None
 
@@ -1038,7 +1038,7 @@ class FTPServer(Server):
 
     def reset(self) -> None:
         super().reset()
-        self.uploads = []
+        self.uploads = self.context.journal.records()
         if self.root is None:  # the in-memory tree starts over; a real directory is the test's own
             self.shell = self._make_shell()
             if self.factory is not None:

@@ -26,7 +26,7 @@ with warnings.catch_warnings():
 
 from testbed.servers.http.spec import Route
 from testbed.faults.seam import NO_SEAM, SeamFactory
-from testbed.journal import COMMAND, ERROR, REPLY, STORED, bounded
+from testbed.journal import COMMAND, ERROR, REPLY, STORED
 from testbed.servers.base import Server
 
 
@@ -210,10 +210,7 @@ class TestbedResource(resource.Resource):
         raw = (method, path, raw_query,
                tuple([(k, b", ".join(v)) for k, v in request.requestHeaders.getAllRawHeaders()]),
                body, getattr(transport.factory, "tls", False), conn, uri)
-        requests = http._requests
-        requests.append(raw)
-        if http.limit and len(requests) > http.limit:
-            bounded(requests, http.limit)
+        http._requests.append(raw)
         record = RawRequest(raw)
         seam.record(COMMAND, command="request", method=record.method, path=record.path, query=record.raw_query,
                     size=len(body))
@@ -324,13 +321,12 @@ class HTTPServer(Server):
 
     def __init__(self, context):
         super().__init__(context)
-        self._requests: list[tuple] = []
+        self._requests = context.journal.records()
         config = self.config
         self._scenario_routes = [RouteState(r) for r in config.routes]
         self._runtime_routes: list[RouteState] = []
         self.static_root = self.context.path(config.static) if config.static else None
         self.static_real = os.path.realpath(self.static_root) if self.static_root else None
-        self.limit = context.journal.max_events
 
     @defer.inlineCallbacks
     def start(self):
@@ -343,7 +339,7 @@ class HTTPServer(Server):
 
     def reset(self) -> None:
         super().reset()
-        self._requests = []
+        self._requests = self.context.journal.records()
         self._runtime_routes = []
         for state in self._scenario_routes:
             state.hits = 0

@@ -23,7 +23,7 @@ from twisted.protocols import basic
 from zope.interface import implementer
 
 from testbed.faults.seam import NO_SEAM, SeamFactory
-from testbed.journal import COMMAND, ERROR, REPLY, STORED
+from testbed.journal import COMMAND, ERROR, REPLY, STORED, Records
 from testbed.mail.credentials import APOPCredentials, MailChecker
 from testbed.servers.base import Server
 
@@ -99,13 +99,14 @@ class Retrieval:
 class POP3Log:
     """What the sessions of one server did, shared by its plain and TLS listeners."""
 
-    def __init__(self) -> None:
-        self.sessions: list[POP3Session] = []
-        self.retrievals: list[Retrieval] = []
+    def __init__(self, limit: int = 0) -> None:
+        #: Each list keeps the newest ``limit`` items (``[journal] max_events``; 0: all).
+        self.sessions: Records = Records(limit)
+        self.retrievals: Records = Records(limit)
 
     def clear(self) -> None:
-        self.sessions = []
-        self.retrievals = []
+        self.sessions.clear()
+        self.retrievals.clear()
 
 
 # -- the mailbox ------------------------------------------------------------------
@@ -800,7 +801,7 @@ class POP3Server(Server):
 
     def __init__(self, context) -> None:
         super().__init__(context)
-        self.log = POP3Log()
+        self.log = POP3Log(context.journal.max_events)
 
     @defer.inlineCallbacks
     def start(self):

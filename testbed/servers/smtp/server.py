@@ -55,7 +55,7 @@ from twisted.mail.interfaces import IMessageDelivery
 from zope.interface import implementer
 
 from testbed.faults.seam import NO_SEAM, SeamFactory
-from testbed.journal import COMMAND, ERROR, REPLY, STORED
+from testbed.journal import COMMAND, ERROR, REPLY, STORED, Records
 from testbed.mail.credentials import MailChecker
 from testbed.servers.base import Server
 
@@ -752,7 +752,8 @@ class SMTPFactory(SeamFactory, smtp.SMTPFactory):
         self.tls_context = tls.options() if tls is not None and config.tls == "starttls" else None
         self.challengers = {name.upper().encode("ascii"): _CHALLENGERS[name.upper()](self.host)
                             for name in config.auth}
-        self.messages: list[SMTPMessage] = []
+        #: Accepted messages; the server handle bounds it by ``[journal] max_events``.
+        self.messages = Records()
 
     def buildProtocol(self, addr, seam=NO_SEAM):
         p = self.protocol(self, seam)
@@ -781,6 +782,7 @@ class SMTPServer(Server):
     def __init__(self, context):
         super().__init__(context)
         self.factory = build_factory(self.config, context.mail(), self.tls, context.reactor)
+        self.factory.messages = context.journal.records()
 
     @defer.inlineCallbacks
     def start(self):
@@ -793,7 +795,7 @@ class SMTPServer(Server):
 
     def reset(self) -> None:
         super().reset()
-        self.factory.messages = []
+        self.factory.messages = self.context.journal.records()
 
     @property
     def messages(self) -> list[SMTPMessage]:
