@@ -106,6 +106,9 @@ def connect(factory, server: str, rules: Iterable[FaultRule] = (), seed: int = 0
     spec = registry.protocols().get(protocol or server)
     wrapping = FaultingFactory(factory, server, engine, journal, clock, tls=tls,
                                replies=spec.replies if spec is not None else None)
+    # A StringTransport buffers without limit and never pauses a producer: nothing to watch, and the
+    # transport's producer slot stays free for the protocol's own (``pump`` drives it).
+    wrapping.watch_backlog = False
     addr = IPv4Address("TCP", *peer)
     wrapper = wrapping.buildProtocol(addr)
     transport = StringTransport(peerAddress=addr, hostAddress=IPv4Address("TCP", "127.0.0.1", 2525))

@@ -16,12 +16,13 @@ from typing import Any, Callable
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import directlyProvides, implementer, providedBy
 
 from testbed.faults.engine import Fault, FaultEngine
 from testbed.faults.rules import FaultRule, ReplyStyle
 from testbed.faults.seam import SeamFactory, StageSeam
-from testbed.journal import CLOSE, DATA, OPEN, Journal
+from testbed.journal import CLOSE, DATA, FLOW, OPEN, Journal
 
 #: Above this many bytes held by a shaper, the producer feeding it is paused.
 HIGH_WATER = 256 * 1024
@@ -162,6 +163,7 @@ class Shaper:
             transport.abortConnection()
         elif self.action == "close":
             self.black_hole = True
+            self.connection._watch_backlog(False)
             transport.loseConnection()
         else:
             self.black_hole = True
@@ -214,6 +216,37 @@ class Shaper:
         self.deliver(data)
         if self.direction == "down" and self.queued < LOW_WATER:
             self.connection.shaper_full(False)
+
+
+#: Why reading from the client is paused (bits): the protocol asked, or the client does not read.
+_BY_PROTOCOL = 1
+_BY_BACKLOG = 2
+
+
+@implementer(IPushProducer)
+class _Backlog:
+    """A connection's own producer on its transport while the protocol has none registered.
+
+    The transport pauses it once more output waits unsent than its buffer
+    holds (64 KiB for TCP): a client that sends and never reads then stops
+    being read, instead of making the server buffer replies without end.
+    """
+
+    __slots__ = ("connection", "consumer")
+
+    def __init__(self, connection: "FaultingProtocol", consumer):
+        self.connection = connection
+        #: The transport it is registered with (under TLS, the socket below it).
+        self.consumer = consumer
+
+    def pauseProducing(self):
+        self.connection.backlog(True)
+
+    def resumeProducing(self):
+        self.connection.backlog(False)
+
+    def stopProducing(self):
+        pass  # the transport is going away: nothing of ours to stop
 
 
 @implementer(IPushProducer)
@@ -276,6 +309,8 @@ class FaultingProtocol(ProtocolWrapper):
     down: Shaper | None = None
     up: Shaper | None = None
     _gate: _ProducerGate | None = None
+    _backlog: _Backlog | None = None
+    _read_paused = 0
 
     def __init__(self, factory: "FaultingFactory", wrappedProtocol, seam: StageSeam):
         super().__init__(factory, wrappedProtocol)
@@ -306,6 +341,8 @@ class FaultingProtocol(ProtocolWrapper):
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
         if not self.refused:
+            if self.factory.watch_backlog:
+                self._watch_backlog(True)
             self.wrappedProtocol.makeConnection(self)
 
     def getPeer(self):
@@ -315,13 +352,65 @@ class FaultingProtocol(ProtocolWrapper):
         return self._host
 
     def pauseProducing(self):
-        self.transport.pauseProducing()
+        self._pause_reading(_BY_PROTOCOL)
 
     def resumeProducing(self):
-        self.transport.resumeProducing()
+        self._resume_reading(_BY_PROTOCOL)
 
     def stopProducing(self):
         self.transport.stopProducing()
+
+    def _pause_reading(self, why: int) -> None:
+        if not self._read_paused or why == _BY_PROTOCOL:
+            self.transport.pauseProducing()
+        self._read_paused |= why
+
+    def _resume_reading(self, why: int) -> None:
+        if why == _BY_PROTOCOL:
+            self._read_paused &= ~why
+            if not self._read_paused:
+                self.transport.resumeProducing()
+        elif self._read_paused & why:
+            self._read_paused &= ~why
+            if not self._read_paused and not self.lost and not self.disconnecting:
+                self.transport.resumeProducing()
+
+    # -- a client that does not read ---------------------------------------------
+
+    def _watch_backlog(self, on: bool) -> None:
+        """Register (or drop) our own producer on the transport; a protocol's producer takes its place."""
+        if on == (self._backlog is not None):
+            return
+        if on:
+            if self.lost or self.disconnecting:
+                return
+            consumer = self.transport
+            if isinstance(consumer, TLSMemoryBIOProtocol):
+                # On the socket itself: TLS pauses its producer while a handshake is pending, and
+                # not reading then would stall that handshake.
+                consumer = consumer.transport
+            self._backlog = _Backlog(self, consumer)
+            consumer.registerProducer(self._backlog, True)
+        else:
+            consumer = self._backlog.consumer
+            self._backlog = None
+            consumer.unregisterProducer()
+            self.backlog(False)
+
+    def backlog(self, full: bool) -> None:
+        """The transport's unsent output passed its limit (stop reading the client) or drained (read again)."""
+        if full == bool(self._read_paused & _BY_BACKLOG):
+            return
+        if full:
+            self._pause_reading(_BY_BACKLOG)
+        else:
+            self._resume_reading(_BY_BACKLOG)
+            backlog = self._backlog
+            if backlog is not None and getattr(backlog.consumer, "disconnecting", False):
+                self._watch_backlog(False)  # closed from below (TLS) while paused: let the close finish
+        if not self.lost:
+            self.journal.record(FLOW, self.server, self.conn, reading=not full, bytes_up=self.bytes_up,
+                                bytes_down=self.bytes_down)
 
     def connectionMade(self):
         peer = self._peer
@@ -418,6 +507,7 @@ class FaultingProtocol(ProtocolWrapper):
 
     def loseConnection(self):
         self.disconnecting = 1
+        self._watch_backlog(False)  # a producer still registered would keep the connection open
         down = self.down
         if down is None:
             self.transport.loseConnection()
@@ -438,12 +528,15 @@ class FaultingProtocol(ProtocolWrapper):
             self.transport.startTLS(ctx, normal)
 
     def registerProducer(self, producer, streaming):
+        self._watch_backlog(False)
         self._gate = _ProducerGate(producer, streaming)
         self.transport.registerProducer(self._gate, streaming)
 
     def unregisterProducer(self):
         self._gate = None
         self.transport.unregisterProducer()
+        if self.factory.watch_backlog:
+            self._watch_backlog(True)
 
 
 class FaultingFactory(WrappingFactory):
@@ -454,6 +547,8 @@ class FaultingFactory(WrappingFactory):
 
     protocol = FaultingProtocol
     noisy = False
+    #: Stop reading a client that does not read its replies (see ``_Backlog``); secondary channels do not.
+    watch_backlog = True
 
     def __init__(self, wrappedFactory, server: str, engine: FaultEngine, journal: Journal, clock,
                  label: str = "", tls: bool = False, alpn: tuple[bytes, ...] = (), replies: ReplyStyle | None = None):
@@ -518,6 +613,8 @@ class ChannelFactory(FaultingFactory):
         super().__init__(wrappedFactory, parent.server, parent.engine, _ChannelJournal(parent.journal, label),
                          parent.clock, label=label, replies=parent.replies)
         self.parent = parent
+        # A data channel either only reads (uploads) or only writes through its own producers.
+        self.watch_backlog = False
         #: The journal without the channel mark, for events about the parent connection.
         self.parent_journal = parent.journal
 
