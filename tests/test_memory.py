@@ -25,7 +25,7 @@ LIMIT = 3
 def testbed_scenario():
     return {"journal": {"max_events": LIMIT}, "users": {"alice@example.test": "secret"},
             "servers": {"imap": {"enabled": False}, "ftp": {"files": {"incoming/": ""}, "anonymous": False},
-                        "http": {"routes": [{"path": "/*", "body": "ok"}]},
+                        "http": {"routes": [{"path": "/*", "method": "*", "body": "ok"}]},
                         "dns": {"records": {"example.test": {"A": "192.0.2.1"}}}}}
 
 
@@ -130,3 +130,25 @@ def test_a_client_that_sends_and_never_reads_is_no_longer_read(testbed, smtp_ser
         sock.close()
     closed = testbed.journal.wait(lambda: testbed.journal.query(CLOSE, server="smtp", conn=paused["conn"]), 5)
     assert closed
+
+
+def test_a_large_request_body_is_spooled_to_a_file_and_still_reads_back(testbed, http_server):
+    import hashlib
+
+    from testbed.servers.http.server import BODY_IN_MEMORY
+
+    big = bytes(range(256)) * (BODY_IN_MEMORY // 256 + 4096)
+    small = b"small body"
+    for body in (big, small):
+        request = urllib.request.Request(f"{http_server.url}/upload", data=body, method="POST")
+        urllib.request.urlopen(request, timeout=10).read()
+    spooled, kept = http_server.wait_for(2)
+    assert spooled.spooled and not kept.spooled
+    assert spooled.size == len(big) and spooled.sha256 == hashlib.sha256(big).hexdigest()
+    assert spooled.body == big and kept.body == small
+    described = spooled.to_dict()
+    assert (described["body"], described["size"], described["spooled"]) == (None, len(big), True)
+    spool = spooled.content.file
+    assert not spool.closed
+    testbed.reset()
+    assert spool.closed and http_server.requests == []

@@ -9,6 +9,8 @@ wire action scoped to the response.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import io
 import json as jsonlib
 import os
 import re
@@ -30,6 +32,46 @@ from testbed.journal import COMMAND, ERROR, REPLY, STORED
 from testbed.servers.base import Server
 
 
+#: Request bodies up to this size are kept in memory; a larger one is spooled to a temporary file.
+BODY_IN_MEMORY = 1024 * 1024
+
+
+class SpooledBody:
+    """A request body above ``BODY_IN_MEMORY``: its length, its sha256 and its bytes in a temporary file.
+
+    The file is the one twisted.web spooled the upload to; it is closed (and
+    so gone) on reset or when the request drops out of ``requests``.
+    """
+
+    __slots__ = ("file", "size", "_sha256")
+
+    def __init__(self, file, size: int):
+        self.file = file
+        self.size = size
+        self._sha256: str | None = None
+
+    def read(self) -> bytes:
+        # pread: no shared file position, so a test thread and the reactor can both read it.
+        return os.pread(self.file.fileno(), self.size, 0)
+
+    @property
+    def sha256(self) -> str:
+        if self._sha256 is None:
+            digest = hashlib.sha256()
+            fd = self.file.fileno()
+            for offset in range(0, self.size, 1 << 20):
+                digest.update(os.pread(fd, 1 << 20, offset))
+            self._sha256 = digest.hexdigest()
+        return self._sha256
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _body_bytes(content) -> bytes:
+    return content.read() if isinstance(content, SpooledBody) else content
+
+
 class HTTPRequest(NamedTuple):
     """A request as the server received it (built when a test reads ``requests``)."""
 
@@ -37,10 +79,31 @@ class HTTPRequest(NamedTuple):
     path: str
     raw_query: str
     header_items: tuple
-    body: bytes
+    #: The body as bytes, or a ``SpooledBody`` above ``BODY_IN_MEMORY``: read ``body``, ``size``, ``sha256``.
+    content: "bytes | SpooledBody"
     tls: bool
     conn: int
     uri: str
+
+    @property
+    def body(self) -> bytes:
+        """The body (read back from its temporary file when it was spooled)."""
+        return _body_bytes(self.content)
+
+    @property
+    def size(self) -> int:
+        content = self.content
+        return content.size if isinstance(content, SpooledBody) else len(content)
+
+    @property
+    def sha256(self) -> str:
+        content = self.content
+        return content.sha256 if isinstance(content, SpooledBody) else hashlib.sha256(content).hexdigest()
+
+    @property
+    def spooled(self) -> bool:
+        """Whether the body was above ``BODY_IN_MEMORY`` and lives in a temporary file."""
+        return isinstance(self.content, SpooledBody)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -62,9 +125,11 @@ class HTTPRequest(NamedTuple):
         """JSON-ready: method, path, query, headers, the body as text (base64 when not UTF-8), TLS, connection."""
         from testbed.journal import jsonable
 
+        spooled = self.spooled
         return {"method": self.method, "path": self.path, "query": self.raw_query, "uri": self.uri,
-                "headers": [list(item) for item in self.header_items], "body": jsonable(self.body),
-                "size": len(self.body), "tls": self.tls, "conn": self.conn}
+                "headers": [list(item) for item in self.header_items],
+                "body": None if spooled else jsonable(self.content), "size": self.size, "sha256": self.sha256,
+                "spooled": spooled, "tls": self.tls, "conn": self.conn}
 
     def __repr__(self) -> str:
         return f"HTTPRequest(method={self.method!r}, path={self.path!r}, query={self.raw_query!r}, conn={self.conn})"
@@ -107,7 +172,7 @@ class RawRequest:
 
     @property
     def body(self) -> bytes:
-        return self.raw[4]
+        return _body_bytes(self.raw[4])
 
     @property
     def tls(self) -> bool:
@@ -197,8 +262,14 @@ class TestbedResource(resource.Resource):
         transport = request.channel.transport
         conn = seam.conn
         content = request.content
+        size = content.seek(0, 2)
         content.seek(0)
-        body = content.read()
+        if size <= BODY_IN_MEMORY:
+            body = content.read()
+        else:
+            # twisted.web spooled it to a temporary file already: keep that file, not the bytes.
+            body = SpooledBody(content, size)
+            request.content = io.BytesIO()  # so that twisted.web closes this one, not ours
         uri = request.uri
         raw_query = uri.partition(b"?")[2]
         method = request.method
@@ -213,7 +284,7 @@ class TestbedResource(resource.Resource):
         http._requests.append(raw)
         record = RawRequest(raw)
         seam.record(COMMAND, command="request", method=record.method, path=record.path, query=record.raw_query,
-                    size=len(body))
+                    size=size)
         if seam.wants("request"):
             headers = record.headers
             fault = seam.at("request", method=record.method, path=record.path, query=record.query,
@@ -339,6 +410,9 @@ class HTTPServer(Server):
 
     def reset(self) -> None:
         super().reset()
+        for raw in self._requests:
+            if isinstance(raw[4], SpooledBody):
+                raw[4].close()
         self._requests = self.context.journal.records()
         self._runtime_routes = []
         for state in self._scenario_routes:
