@@ -36,8 +36,23 @@ def apply_datagram_fault(fault: Fault, data: bytes, deliver: Callable[[bytes], N
         deliver(data)
 
 
+class _Peer:
+    """One client address: its connection number and the payload bytes journaled each way so far."""
+
+    __slots__ = ("conn", "label", "up", "down")
+
+    def __init__(self, conn: int, addr):
+        self.conn = conn
+        self.label = f"{addr[0]}:{addr[1]}"
+        self.up = self.down = 0
+
+
 class FaultingDatagramProtocol(DatagramProtocol):
-    """Journals datagrams both ways and applies datagram faults; the wrapped protocol sees it as its transport."""
+    """Journals datagrams both ways and applies datagram faults; the wrapped protocol sees it as its transport.
+
+    Like a TCP connection's, a peer's payloads are journaled up to ``payload_cap``
+    bytes each way; past that, datagrams cost no journal event.
+    """
 
     noisy = False
 
@@ -47,17 +62,20 @@ class FaultingDatagramProtocol(DatagramProtocol):
         self.engine = engine
         self.journal = journal
         self.clock = clock
-        self.peers: dict[Any, int] = {}
+        self.peers: dict[Any, _Peer] = {}
         self._pending_down: dict[Any, Fault] = {}
 
-    def connection_number(self, addr) -> int:
-        conn = self.peers.get(addr)
-        if conn is None:
-            conn = self.peers[addr] = self.engine.next_connection(self.server)
+    def _peer(self, addr) -> _Peer:
+        peer = self.peers.get(addr)
+        if peer is None:
+            peer = self.peers[addr] = _Peer(self.engine.next_connection(self.server), addr)
             limit = self.journal.max_events
             if limit and len(self.peers) > limit:
                 self._forget_oldest(limit)
-        return conn
+        return peer
+
+    def connection_number(self, addr) -> int:
+        return self._peer(addr).conn
 
     def _forget_oldest(self, limit: int) -> None:
         """Bound the peer table like every record list: a tenth of the oldest peers go (amortised O(1)).
@@ -81,11 +99,17 @@ class FaultingDatagramProtocol(DatagramProtocol):
         self.wrapped.doStop()
 
     def datagramReceived(self, data, addr):
-        conn = self.connection_number(addr)
+        peer = self._peer(addr)
         cap = self.journal.payload_cap
-        self.journal.record(DATA, self.server, conn, direction="up", size=len(data), payload=data[:cap],
-                            peer=f"{addr[0]}:{addr[1]}")
-        fault = self.engine.decide(self.server, "datagram", conn, {"direction": "up"})
+        if peer.up < cap:
+            keep = data[: cap - peer.up]
+            peer.up += len(keep)
+            self.journal.record(DATA, self.server, peer.conn, direction="up", size=len(data), payload=keep,
+                                peer=peer.label)
+        if not self.engine.wants(self.server, "datagram"):
+            self.wrapped.datagramReceived(data, addr)
+            return
+        fault = self.engine.decide(self.server, "datagram", peer.conn, {"direction": "up"})
         if fault is not None and fault.rule.direction in ("down", "both"):
             self._pending_down[addr] = fault
         if fault is not None and fault.rule.direction in ("up", "both"):
@@ -96,18 +120,24 @@ class FaultingDatagramProtocol(DatagramProtocol):
     # -- the wrapped protocol's transport --------------------------------------
 
     def write(self, data, addr=None):
-        fault = self._pending_down.pop(addr, None)
-        if fault is None:
-            self._send(data, addr)
-        else:
-            apply_datagram_fault(fault, data, lambda d: self._send(d, addr), self.clock)
+        if self._pending_down:
+            fault = self._pending_down.pop(addr, None)
+            if fault is not None:
+                apply_datagram_fault(fault, data, lambda d: self._send(d, addr), self.clock)
+                return
+        self._send(data, addr)
 
     def _send(self, data, addr):
         """Journal a datagram as it leaves (after any fault shaped it) and send it."""
         if self.transport is None:
             return
-        self.journal.record(DATA, self.server, self.connection_number(addr), direction="down", size=len(data),
-                            payload=data[: self.journal.payload_cap], peer=f"{addr[0]}:{addr[1]}")
+        peer = self._peer(addr)
+        cap = self.journal.payload_cap
+        if peer.down < cap:
+            keep = data[: cap - peer.down]
+            peer.down += len(keep)
+            self.journal.record(DATA, self.server, peer.conn, direction="down", size=len(data), payload=keep,
+                                peer=peer.label)
         self.transport.write(data, addr)
 
     def __getattr__(self, name):

@@ -126,6 +126,10 @@ class Zone(authority.FileAuthority):
         return dns.RRHeader(apex, dns.SOA, dns.IN, ttl, soa, auth=True)
 
 
+#: At most this many cached answers per ZoneSet.
+_ANSWER_CACHE = 4096
+
+
 class ZoneSet(common.ResolverBase):
     """
     The authoritative data of the testbed's DNS server: an IResolver over a set
@@ -289,6 +293,8 @@ class ZoneSet(common.ResolverBase):
 
     def _rebuild(self) -> None:
         """Recompute the zones from the records and swap them in atomically."""
+        #: Answers by (name, type), for the zones they were resolved in (a new ``_zones`` misses them all).
+        self._answers: dict = {}
         data = self._data
         explicit = {name for name, recs in data.items() if any(r.TYPE == dns.SOA for r in recs)}
         uncovered = [name for name in data if not any(_under(name, apex) for apex in explicit)]
@@ -336,7 +342,18 @@ class ZoneSet(common.ResolverBase):
             if code is None:
                 raise ValueError(f"unknown query type {type!r}")
             type = code
-        return self._resolve(self._zones, _query_name(name), type)
+        qname = _query_name(name)
+        key = (qname, type)
+        cache = self._answers
+        found = cache.get(key)
+        if found is None or found[0] is not self._zones:
+            if len(cache) >= _ANSWER_CACHE:
+                cache.clear()  # a client asking for ever new names: start over rather than grow
+            zones = self._zones
+            found = cache[key] = (zones, self._resolve(zones, qname, type))
+        rcode, answers, authority_, additional = found[1]
+        # Fresh lists each time: callers may replace sections, and must not change what is cached.
+        return rcode, list(answers), list(authority_), list(additional)
 
     def query(self, query: dns.Query, timeout=None) -> defer.Deferred:
         """

@@ -158,7 +158,7 @@ class _Exchange:
     """One message on its way through the factory: where it came from and how to answer it."""
 
     __slots__ = ("protocol", "address", "transport", "conn", "seam", "limit", "edns", "fault", "name", "type",
-                 "peer")
+                 "peer", "id", "opcode")
 
     def __init__(self, protocol, address, transport, conn, seam):
         self.protocol = protocol
@@ -173,6 +173,8 @@ class _Exchange:
         self.name = ""
         self.type = ""
         self.peer = ""
+        self.id = 0
+        self.opcode = dns.OP_QUERY
 
 
 class DNSStream(dns.DNSProtocol):
@@ -296,10 +298,9 @@ class DNSFactory(SeamFactory, ZoneServerFactory):
         else:
             ex.peer = ex.protocol.peer()
         message.exchange = ex
-        fields = {"command": "query", "name": ex.name, "type": ex.type, "transport": ex.transport, "id": message.id}
-        if message.opCode != dns.OP_QUERY:
-            fields["opcode"] = message.opCode
-        self._record(COMMAND, ex, **fields)
+        ex.id = message.id
+        ex.opcode = message.opCode
+        # Journaled once, with its answer folded in, when the reply is made (``sendReply``).
         if message.opCode != dns.OP_QUERY:
             self.sendReply(ex.protocol, self._responseFromMessage(message, rCode=dns.ENOTIMP), ex.address)
         elif query is None:
@@ -330,18 +331,21 @@ class DNSFactory(SeamFactory, ZoneServerFactory):
         return d
 
     def _failed(self, failure, ex):
+        self._record(COMMAND, ex, command="query", name=ex.name, type=ex.type, transport=ex.transport, id=ex.id,
+                     rcode=None, answers=0, sent=False)
         self._record(ERROR, ex, error=failure.getErrorMessage(), transport=ex.transport, name=ex.name, type=ex.type)
 
     def _decide(self, ex: _Exchange):
+        engine = self.engine
+        if engine is None or not engine.wants(self.server, "query"):
+            return None
         attributes = {"name": ex.name, "type": ex.type, "transport": ex.transport}
         if ex.seam is not None:  # TCP: the connection's own seam
             fault = ex.seam.decide("query", **attributes)
             if fault is not None and fault.action in _TCP_WIRE:
                 ex.seam.apply(fault)  # the wire action, from this reply on
             return fault
-        if self.engine is None:
-            return None
-        return self.engine.decide(self.server, "query", ex.conn, attributes)
+        return engine.decide(self.server, "query", ex.conn, attributes)
 
     def _responseFromMessage(self, message, rCode=dns.OK, answers=None, authority=None, additional=None):
         response = super()._responseFromMessage(message, rCode=rCode, answers=answers, authority=authority,
@@ -373,22 +377,29 @@ class DNSFactory(SeamFactory, ZoneServerFactory):
             truncated = True
         if ex.edns:
             data = _with_opt(data)
+        rcode = _RCODE_NAMES.get(message.rCode) or _rcode_name(message.rCode)
+        if action is None:
+            self.queries.append(DNSQuery(ex.name, ex.type, ex.transport, rcode, ex.conn, message.id, ex.peer, None,
+                                         truncated, True, data))
+            if self.journal is not None:
+                # The query and its answer, in one event: the common case costs one record.
+                self.journal.record(COMMAND, self.server, ex.conn, command="query", name=ex.name, type=ex.type,
+                                    transport=ex.transport, id=ex.id, rcode=rcode, answers=len(message.answers),
+                                    **(_TRUNCATED if truncated else _PLAIN), **(
+                                        {"opcode": ex.opcode} if ex.opcode != dns.OP_QUERY else _PLAIN))
+            ex.protocol.send(data, address)
+            return
         silent = action == "drop" or (ex.transport == "udp" and action in _SILENT_ON_UDP)
-        self.queries.append(DNSQuery(
-            name=ex.name, type=ex.type, transport=ex.transport, rcode=_rcode_name(message.rCode), conn=ex.conn,
-            id=message.id, peer=ex.peer, fault=action, truncated=truncated, sent=not silent,
-            wire=data))
-        fields = {"rcode": _rcode_name(message.rCode), "answers": len(message.answers), "transport": ex.transport}
+        self.queries.append(DNSQuery(ex.name, ex.type, ex.transport, rcode, ex.conn, message.id, ex.peer, action,
+                                     truncated, not silent, data))
+        fields = {"command": "query", "name": ex.name, "type": ex.type, "transport": ex.transport, "id": ex.id,
+                  "rcode": rcode, "answers": len(message.answers), "fault": action, "sent": not silent}
         if truncated:
             fields["truncated"] = True
-        if action is not None:
-            fields["fault"] = action
-            fields["sent"] = not silent
-        self._record(REPLY, ex, **fields)
-        if action is None:
-            ex.protocol.send(data, address)
-        else:
-            self._deliver(ex, fault, data, address)
+        if ex.opcode != dns.OP_QUERY:
+            fields["opcode"] = ex.opcode
+        self._record(COMMAND, ex, **fields)
+        self._deliver(ex, fault, data, address)
 
     def _malform(self, message, fault) -> None:
         """The message-level query faults, on the response before it is encoded."""
@@ -451,6 +462,10 @@ class DNSFactory(SeamFactory, ZoneServerFactory):
                 self.clock.callLater(wait, send, data)
             else:
                 send(data)
+
+
+_PLAIN: dict = {}
+_TRUNCATED = {"truncated": True}
 
 
 def _with_opt(data: bytes) -> bytes:
