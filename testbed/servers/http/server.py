@@ -28,7 +28,7 @@ with warnings.catch_warnings():
 
 from testbed.servers.http.spec import Route
 from testbed.faults.seam import NO_SEAM, SeamFactory
-from testbed.journal import COMMAND, ERROR, REPLY, STORED
+from testbed.journal import COMMAND, ERROR, STORED
 from testbed.servers.base import Server
 
 
@@ -283,41 +283,46 @@ class TestbedResource(resource.Resource):
                body, getattr(transport.factory, "tls", False), conn, uri)
         http._requests.append(raw)
         record = RawRequest(raw)
-        seam.record(COMMAND, command="request", method=record.method, path=record.path, query=record.raw_query,
-                    size=size)
+        # Journaled once, when answered, with the reply folded in (``journal``).
+        seen = (record, conn, size)
         if seam.wants("request"):
             headers = record.headers
             fault = seam.at("request", method=record.method, path=record.path, query=record.query,
                             headers=headers, host=headers.get("host", ""), tls=record.tls)
             if fault is not None and not fault.wire:
-                return self.broken(request, fault, conn)
+                return self.broken(request, fault, seen)
         for state in http._runtime_routes[::-1] if http._runtime_routes else ():
             if state.matches(record):
-                return self.respond(request, *state.next_response(), conn)
+                return self.respond(request, *state.next_response(), seen)
         for state in http._scenario_routes:
             if state.matches(record):
-                return self.respond(request, *state.next_response(), conn)
+                return self.respond(request, *state.next_response(), seen)
         if http.static_root is not None:
-            return self.static(request, conn)
-        return self.respond(request, *NO_ROUTE, conn)
+            return self.static(request, seen)
+        return self.respond(request, *NO_ROUTE, seen)
 
-    def respond(self, request, status: int, headers: list[tuple[bytes, bytes]], body: bytes, conn: int) -> bytes:
+    def journal(self, seen: tuple, **reply: Any) -> None:
+        """The request's one event: method, path, query and body size, with the reply's status and size."""
+        record, conn, size = seen
+        self.http.context.journal.record(COMMAND, self.http.name, conn, command="request", method=record.method,
+                                         path=record.path, query=record.raw_query, size=size, **reply)
+
+    def respond(self, request, status: int, headers: list[tuple[bytes, bytes]], body: bytes, seen: tuple) -> bytes:
         request.setResponseCode(status)
         set_header = request.responseHeaders.setRawHeaders
         for name, value in headers:
             set_header(name, [value])
-        self.http.context.journal.record(REPLY, self.http.name, conn, status=status, size=len(body))
+        self.journal(seen, status=status, reply_size=len(body))
         return body
 
     # -- protocol faults ----------------------------------------------------------
 
-    def broken(self, request, fault, conn: int):
+    def broken(self, request, fault, seen: tuple):
         action = fault.action
-        journal = self.http.context.journal
         if action == "reply":
             response = {"status": fault.param("status", 500), "headers": fault.param("headers", {}),
                         "body": fault.param("body", ""), "json": fault.param("json")}
-            return self.respond(request, *_response_of(response), conn)
+            return self.respond(request, *_response_of(response), seen)
         transport = request.channel.transport
         if action == "malformed":
             transport.write(b"HTTP/1.1 OK-ISH\r\nContent-Length: 0\r\n\r\n")
@@ -327,13 +332,13 @@ class TestbedResource(resource.Resource):
         elif action == "short_body":
             transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n"
                             b"only 22 of 100 bytes\r\n")
-        journal.record(REPLY, self.http.name, conn, status=None, broken=action)
+        self.journal(seen, status=None, broken=action)
         transport.loseConnection()
         return server.NOT_DONE_YET
 
     # -- static files -----------------------------------------------------------------
 
-    def static(self, request, conn: int):
+    def static(self, request, seen: tuple):
         http = self.http
         segments = request.postpath
         reason = None
@@ -359,12 +364,12 @@ class TestbedResource(resource.Resource):
                 if not real.startswith(http.static_real + os.sep):
                     reason = "index resolves outside the static root"
         if reason is not None:
-            http.context.journal.record(ERROR, http.name, conn, error="path escapes root", path=request.path.decode("utf-8", "replace"),
-                                    reason=reason)
-            return self.respond(request, *NOT_FOUND, conn)
+            http.context.journal.record(ERROR, http.name, seen[1], error="path escapes root",
+                                        path=request.path.decode("utf-8", "replace"), reason=reason)
+            return self.respond(request, *NOT_FOUND, seen)
         if not os.path.isfile(target):
-            return self.respond(request, *NOT_FOUND, conn)
-        http.context.journal.record(REPLY, http.name, conn, status=200, file=os.path.relpath(target, http.static_root))
+            return self.respond(request, *NOT_FOUND, seen)
+        self.journal(seen, status=200, file=os.path.relpath(target, http.static_root))
         return static.File(target).render(request)
 
 
