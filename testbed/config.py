@@ -105,6 +105,8 @@ class JournalConfig:
     #: Events kept in memory, oldest dropped first (0: no limit). Also bounds
     #: what each server keeps for tests (requests, messages, queries...).
     max_events: int = DEFAULT_MAX_EVENTS
+    #: Mask passwords and SASL responses in ``data`` payloads (false: keep a client's exact bytes).
+    redact: bool = True
 
 
 @attrs.frozen

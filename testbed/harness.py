@@ -40,7 +40,7 @@ class Testbed(service.MultiService):
         self.scenario = config_module.coerce(scenario)
         self.seed = self.scenario.seed if seed is None else seed
         self.journal = Journal(payload_cap=self.scenario.journal.payload_cap,
-                               max_events=self.scenario.journal.max_events)
+                               max_events=self.scenario.journal.max_events, redact=self.scenario.journal.redact)
         targets = self.scenario.servers.targets()
         self.faults = FaultEngine(self.seed, self.journal, self.scenario.faults,
                                   build_rule=lambda **rule: config_module.rule_from_kwargs("faults.add()", targets,

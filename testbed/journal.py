@@ -80,14 +80,18 @@ class Journal:
     """
 
     def __init__(self, payload_cap: int = 16384, clock: Callable[[], float] = time.monotonic,
-                 max_events: int = 0):
+                 max_events: int = 0, redact: bool = True):
         #: Per connection and direction, how many payload bytes are kept in
         #: ``data`` events; counts are always kept.
         self.payload_cap = payload_cap
         #: Keep at most this many events, oldest dropped first (0: no limit);
         #: servers bound what they keep for tests (``requests``...) with ``records()``.
         self.max_events = max_events
+        #: Mask credentials (passwords, SASL responses) in ``data`` payloads, keeping their length.
+        self.redact = redact
         self._clock = clock
+        #: Events recorded while sinks are held (``hold``), in order, for ``release``.
+        self._held: list[dict] | None = None
         self._events: Records = Records(max_events)
         self._seq = 0
         self._sinks: list[Callable[[dict], None]] = []
@@ -101,14 +105,29 @@ class Journal:
         event = {"seq": self._seq, "t": self._clock(), "kind": kind, "server": server, "conn": conn, **fields}
         self._events.append(event)
         if self._sinks:
-            for sink in self._sinks:
-                sink(event)
+            if self._held is not None:
+                self._held.append(event)
+            else:
+                for sink in self._sinks:
+                    sink(event)
         if self._waiters:
             with self._changed:
                 self._changed.notify_all()
         return event
 
     _waiters = 0
+
+    def hold(self) -> None:
+        """Keep events from the sinks (the JSONL file) until ``release``: a payload may still be redacted."""
+        if self._held is None:
+            self._held = []
+
+    def release(self) -> None:
+        """Hand the held events to the sinks, in order."""
+        held, self._held = self._held, None
+        for event in held or ():
+            for sink in self._sinks:
+                sink(event)
 
     def add_sink(self, sink: Callable[[dict], None]) -> None:
         """Call ``sink(event)`` for every event recorded from now on."""

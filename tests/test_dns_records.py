@@ -616,9 +616,10 @@ def _listen_udp_and_tcp(factory):
     from twisted.internet import error as ierror
     from twisted.internet import reactor
 
-    protocol = tdns.DNSDatagramProtocol(factory)
     last = None
     for _ in range(20):
+        # A fresh protocol each try: the one of a port given up still has that port as its transport.
+        protocol = tdns.DNSDatagramProtocol(factory)
         udp = reactor.listenUDP(0, protocol, interface="127.0.0.1")
         port = udp.getHost().port
         try:

@@ -23,7 +23,8 @@ from testbed.journal import REPLY, Journal
 class StageSeam:
     """One connection's view of the fault engine and the journal."""
 
-    __slots__ = ("engine", "server", "conn", "journal", "clock", "replies", "_wire", "_connect", "_connect_asked")
+    __slots__ = ("engine", "server", "conn", "journal", "clock", "replies", "_wire", "_connect", "_connect_asked",
+                 "guarded")
 
     def __init__(self, engine: FaultEngine | None, server: str, conn: int, journal: Journal | None = None,
                  clock=None, replies: ReplyStyle | None = None):
@@ -37,6 +38,8 @@ class StageSeam:
         self._wire = None
         self._connect: Fault | None = None
         self._connect_asked = False
+        #: The protocol may read a credential now (before login): see ``guard`` and ``redact``.
+        self.guarded = False
 
     def bind(self, wire) -> None:
         """Attach the connection's wire control: ``apply(fault)``, ``black_hole()``, ``loseConnection()``..."""
@@ -128,6 +131,20 @@ class StageSeam:
         if self._wire is None or self.engine is None:
             return None
         return factory_class(wrapped_factory, self, **kwargs)
+
+    def guard(self, on: bool) -> None:
+        """Say whether a credential may arrive now (from connect to login); only then can ``redact`` mask."""
+        if self._wire is not None:
+            self.guarded = on
+
+    def redact(self, secret: bytes) -> None:
+        """The protocol just read ``secret`` (a password, a SASL response): mask it in the journaled payload.
+
+        Called while the bytes that carried it are being delivered; the payload
+        keeps its length and is marked ``redacted``.
+        """
+        if self.guarded and secret:
+            self._wire.redact(secret)
 
     def record(self, kind: str, **fields: Any) -> None:
         """Journal an event of this connection."""

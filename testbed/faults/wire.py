@@ -322,6 +322,7 @@ class FaultingProtocol(ProtocolWrapper):
         self.bytes_up = self.bytes_down = 0
         self._captured_up = self._captured_down = 0
         self._cap = self.journal.payload_cap
+        self._redacting = getattr(self.journal, "redact", True)
 
     # -- connection life ----------------------------------------------------
 
@@ -474,6 +475,9 @@ class FaultingProtocol(ProtocolWrapper):
             return
         self.bytes_up += len(data)
         if self._captured_up < self._cap:
+            if self.seam.guarded and self._redacting:
+                self._guarded(data)
+                return
             keep = data[: self._cap - self._captured_up]
             self._captured_up += len(keep)
             self.journal.record(DATA, self.server, self.conn, direction="up", size=len(data), payload=keep)
@@ -481,6 +485,51 @@ class FaultingProtocol(ProtocolWrapper):
             self.wrappedProtocol.dataReceived(data)
         else:
             self.up.feed(data)
+
+    # -- credentials in the payload ---------------------------------------------------
+
+    #: Before login: a line's bytes wait here until the line is complete, so that
+    #: a password split across reads is masked whole.
+    _carry = b""
+    #: [event, cursor] while guarded bytes are delivered: ``redact`` masks in that event from the cursor on.
+    _unmasked: list | None = None
+
+    def _guarded(self, data: bytes) -> None:
+        """Journal complete lines, deliver, let the protocol ``redact`` them, and only then let sinks see them."""
+        room = self._cap - self._captured_up
+        text = self._carry + data
+        cut = text.rfind(b"\n") + 1
+        keep = text[:min(cut, room)]
+        self._carry = text[len(keep):room]
+        self._captured_up += len(keep)
+        journal = self.journal
+        journal.hold()
+        try:
+            self._unmasked = [journal.record(DATA, self.server, self.conn, direction="up", size=len(data),
+                                             payload=keep), 0]
+            if self.up is None:
+                self.wrappedProtocol.dataReceived(data)
+            else:
+                self.up.feed(data)
+        finally:
+            self._unmasked = None
+            journal.release()
+
+    def redact(self, secret: bytes) -> None:
+        """Mask ``secret`` in the payload being delivered (the first occurrence from the last one masked)."""
+        pending = self._unmasked
+        if pending is None:
+            return
+        event, cursor = pending
+        payload = event["payload"]
+        at = payload.find(secret, cursor)
+        end = at + len(secret)
+        if at < 0:
+            # Cut by the payload cap (or not where expected): mask everything from the cursor, to be safe.
+            at, end = cursor, len(payload)
+        event["payload"] = payload[:at] + b"*" * (end - at) + payload[end:]
+        event["redacted"] = True
+        pending[1] = end
 
     # -- bytes out, from the protocol (we are its transport) -------------------
 

@@ -284,6 +284,7 @@ class FTPProtocol(DataChannel, ftp.FTP):
         self.state = self.UNAUTH
         self.workingDirectory = []
         self.setTimeout(self.factory.timeOut)
+        self.seam.guard(True)  # PASS may come at any time (USER starts a new login)
         fault = self.seam.at("connect")
         if self._fault_handled(fault, "connect"):
             return
@@ -332,6 +333,8 @@ class FTPProtocol(DataChannel, ftp.FTP):
         fields: dict[str, Any] = {"command": cmd}
         if sep:
             fields["arg"] = "****" if cmd == "PASS" else arg
+            if cmd == "PASS":
+                self.seam.redact(line.partition(b" ")[2])
         if self.user is not None:
             fields["user"] = self.user
         self.seam.record(COMMAND, **fields)

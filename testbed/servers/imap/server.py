@@ -216,8 +216,14 @@ class TestbedIMAPServer(IMAP4Server):
             if name == "LOGIN":
                 user = _first_word(args)
                 fields["user"] = "<literal>" if user.startswith(b"{") else _text(user.strip(b'"'))
+                self._secret_tag = tag
+                self.seam.redact(args)  # user and password as sent; literals follow in ``rawDataReceived``
             elif name == "AUTHENTICATE":
                 fields["mechanism"] = _text(_first_word(args)).upper()
+                self._secret_tag = tag
+                initial = args.split(None, 1)[1:] if args else []
+                if initial:
+                    self.seam.redact(initial[0])  # SASL-IR
             elif args:
                 fields["args"] = _text(args)[:200]
             self._tags[tag] = name
@@ -234,8 +240,11 @@ class TestbedIMAPServer(IMAP4Server):
         if tag and tag != b"*" and state in (b"OK", b"NO", b"BAD"):
             command = self._tags.pop(tag, None)
             fields: dict[str, Any] = {}
+            if tag == self._secret_tag:
+                self._secret_tag = None
             if state == b"OK" and command in ("LOGIN", "AUTHENTICATE") and self.account is not None:
                 fields.update(login=True, user=self.user)
+                self.seam.guard(False)
             self.journal(REPLY, tag=_text(tag), command=command, status=state.decode(),
                          text=_text(message)[:200], **fields)
             if self.tap is not None and self.tap.tag == tag and not self.tap.closed:
@@ -247,7 +256,21 @@ class TestbedIMAPServer(IMAP4Server):
 
     # -- connection -----------------------------------------------------------------
 
+    #: The tag of a LOGIN or AUTHENTICATE under way: its literals and continuation lines are secrets.
+    _secret_tag: bytes | None = None
+
+    def rawDataReceived(self, data):
+        if self._secret_tag is not None:
+            self.seam.redact(data)
+        super().rawDataReceived(data)
+
+    def parse_pending(self, line):
+        if self._secret_tag is not None:
+            self.seam.redact(line)
+        super().parse_pending(line)
+
     def connectionMade(self):
+        self.seam.guard(True)  # until a login: LOGIN and AUTHENTICATE carry secrets
         self.tags = {}
         self.canStartTLS = interfaces.ITLSTransport(self.transport, None) is not None
         self.secure = bool(getattr(getattr(self.transport, "factory", None), "tls", False)) or (

@@ -349,6 +349,7 @@ class TestbedPOP3(pop3.POP3):
         self._tls = factory.implicit_tls or interfaces.ISSLTransport.providedBy(self.transport)
         self.magic = factory.next_magic()
         self.setTimeout(self.timeOut)
+        self.seam.guard(True)  # until a login: PASS, APOP and AUTH carry secrets
         greeting = f"{factory.hostname} POP3 server ready {self.magic.decode('ascii')}"
         fault = self.seam.at("connect", tls=self._tls)
         if self._fault_handled(fault, "connect"):
@@ -410,8 +411,11 @@ class TestbedPOP3(pop3.POP3):
         verb = head.decode("ascii", "replace").upper()
         if verb == "PASS":
             args = [rest] if rest else []
+            self.seam.redact(rest)
         else:
             args = rest.split()
+            if verb in ("APOP", "AUTH") and len(args) == 2:
+                self.seam.redact(args[1])  # the APOP digest, the SASL initial response
         self.seam.record(COMMAND, command=verb[:40], args=self._shown_args(verb, args), user=self._user_attr())
         if verb not in _ARITY:
             return self._respond(b"-ERR", "unknown command")
@@ -539,6 +543,7 @@ class TestbedPOP3(pop3.POP3):
     def _sasl_response(self, line: bytes) -> None:
         self._sasl = None
         fault, self._sasl_fault = self._sasl_fault, None
+        self.seam.redact(line)
         self.seam.record(COMMAND, command="(SASL response)", args=[HIDDEN])
         if line.strip() == b"*":
             return self._respond(b"-ERR", "AUTH cancelled", fault=fault)
@@ -570,6 +575,7 @@ class TestbedPOP3(pop3.POP3):
             logout()
             return
         self.mbox, self._onLogout = drop, logout
+        self.seam.guard(False)
         self.session = POP3Session(conn=self.seam.conn, user=drop.user, method=method, tls=self._tls)
         self.factory.log.sessions.append(self.session)
         live = drop.live()

@@ -489,6 +489,8 @@ class TestbedSMTP(smtp.ESMTP):
 
     def connectionMade(self) -> None:
         self.tls = bool(getattr(getattr(self.transport, "factory", None), "tls", False))
+        if self.challengers:
+            self.seam.guard(True)  # AUTH's responses carry the credentials
         fault = self.seam.at("connect")
         if fault is None or fault.wire:
             smtp.SMTP.connectionMade(self)
@@ -579,9 +581,12 @@ class TestbedSMTP(smtp.ESMTP):
             self.sendCode(504, b"5.5.4 Unrecognized authentication type")
             return
         self._mechanism = _text(mechanism)
+        if len(parts) == 2:
+            self.seam.redact(parts[1])  # the initial response
         super().ext_AUTH(rest)
 
     def state_AUTH(self, response) -> None:
+        self.seam.redact(response)
         try:
             super().state_AUTH(response)
         except (IllegalClientResponse, ValueError, TypeError):
