@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import attrs
 
 from testbed.faults.rules import FaultSurface, ReplyStyle
+from testbed.schema import choices
 
 #: One line per protocol: the module holding its ``SPEC``.
 SPEC_MODULES = (
@@ -36,6 +37,18 @@ EPHEMERAL = "tcp:0:interface=127.0.0.1"
 
 #: Certificates a TLS listener can serve (``certificate = ...`` on a server), see testbed.tls.
 CERTIFICATE_KINDS = ("valid", "expired", "not_yet_valid", "wrong_host", "self_signed", "untrusted_ca")
+
+
+@attrs.frozen
+class MailListenersConfig:
+    """The listener keys SMTP, POP3 and IMAP share: a plain (or STARTTLS) port and an implicit-TLS port."""
+
+    enabled: bool = True
+    listen: str = EPHEMERAL
+    tls: str = choices("starttls", "none", "implicit")
+    tls_listen: str = EPHEMERAL
+    #: The chain served under TLS: a valid one, or a deliberately bad one.
+    certificate: str = choices(*CERTIFICATE_KINDS)
 
 
 @attrs.frozen
