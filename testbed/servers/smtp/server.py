@@ -291,6 +291,8 @@ class TestbedSMTP(smtp.ESMTP):
         self._mechanism = ""
         self._envelope: tuple[str, list[str]] | None = None
         self._collector: _Collector | None = None
+        #: The command being handled, until its reply is journaled with it.
+        self._unanswered: dict | None = None
 
     # -- state the stages share ----------------------------------------------------------
 
@@ -442,8 +444,17 @@ class TestbedSMTP(smtp.ESMTP):
             name = verb.decode("ascii")
         except UnicodeDecodeError:
             name = ""
-        self.seam.record(COMMAND, command=name or _text(verb),
-                           arg=_text(rest.split(None, 1)[0] if rest else b"") if name == "AUTH" else _text(rest))
+        # Journaled with its reply folded in when that comes at once (``sendCode``), else alone when done here.
+        self._unanswered = {"command": name or _text(verb),
+                            "arg": _text(rest.split(None, 1)[0] if rest else b"") if name == "AUTH" else _text(rest)}
+        try:
+            self._command(name, rest)
+        finally:
+            unanswered, self._unanswered = self._unanswered, None
+            if unanswered is not None:
+                self.seam.record(COMMAND, **unanswered)
+
+    def _command(self, name: str, rest: bytes) -> None:
         if self._rejecting and name != "QUIT":
             self.sendCode(503, b"5.5.1 Bad sequence of commands")
             return
@@ -480,7 +491,12 @@ class TestbedSMTP(smtp.ESMTP):
             first = message
             out = b"%d %s\r\n" % (code, message)
         self.transport.write(out)
-        self.seam.record(REPLY, code=code, message=first.decode("utf-8", "replace"))
+        unanswered = self._unanswered
+        if unanswered is not None:
+            self._unanswered = None
+            self.seam.record(COMMAND, code=code, message=first.decode("utf-8", "replace"), **unanswered)
+        else:
+            self.seam.record(REPLY, code=code, message=first.decode("utf-8", "replace"))
 
     # -- connect -----------------------------------------------------------------------------
 
