@@ -11,11 +11,11 @@ import urllib.error
 import urllib.request
 
 import pytest
+from _clients import CURL
 
 from testbed.servers.base import WaitTimeout
 
 SITE = pathlib.Path(__file__).parent.parent / "fixtures" / "site"
-CURL = shutil.which("curl")
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,13 @@
 """The IMAP server with real clients over loopback: imaplib, imapclient (IDLE) and curl, plain, STARTTLS and IMAPS."""
 
 import imaplib
-import shutil
 import socket
 import ssl
 import subprocess
 
 import pytest
+from _clients import CURL
 
-CURL = shutil.which("curl")
 USER, PASSWORD = "alice@example.test", "secret"
 TIMEOUT = 5
 
