@@ -231,7 +231,14 @@ class TestbedResource(resource.Resource):
                 return self.respond(request, *state.next_response(), conn)
         if http.static_root is not None:
             return self.static(request, conn)
-        return self.respond(request, *NO_ROUTE, conn)
+        return self.not_found(request, NO_ROUTE, conn)
+
+    def not_found(self, request, answer: tuple, conn: int) -> bytes:
+        """``answer`` (a 404), unless this is ``GET /`` and the server has an ``index`` page."""
+        index = self.http.index
+        if index is not None and request.path == b"/" and request.method in (b"GET", b"HEAD"):
+            return self.respond(request, 200, [(b"Content-Type", b"text/html; charset=utf-8")], index, conn)
+        return self.respond(request, *answer, conn)
 
     def respond(self, request, status: int, headers: list[tuple[bytes, bytes]], body: bytes, conn: int) -> bytes:
         request.setResponseCode(status)
@@ -295,7 +302,7 @@ class TestbedResource(resource.Resource):
                                     reason=reason)
             return self.respond(request, *NOT_FOUND, conn)
         if not os.path.isfile(target):
-            return self.respond(request, *NOT_FOUND, conn)
+            return self.not_found(request, NOT_FOUND, conn)
         http.context.journal.record(REPLY, http.name, conn, status=200, file=os.path.relpath(target, http.static_root))
         return static.File(target).render(request)
 
@@ -331,6 +338,8 @@ class HTTPServer(Server):
         self.static_root = self.context.path(config.static) if config.static else None
         self.static_real = os.path.realpath(self.static_root) if self.static_root else None
         self.limit = context.journal.max_events
+        #: What ``GET /`` answers when no route or static file does (the daemon lists its servers), or None.
+        self.index: bytes | None = None
 
     @defer.inlineCallbacks
     def start(self):
