@@ -180,6 +180,7 @@ def _response_of(response: Mapping[str, Any]) -> tuple[int, list[tuple[bytes, by
 
 NO_ROUTE = (404, [(b"Content-Type", b"text/plain")], b"no route\n")
 NOT_FOUND = (404, [(b"Content-Type", b"text/plain")], b"not found\n")
+METHOD_NOT_ALLOWED = (405, [(b"Content-Type", b"text/plain")], b"method not allowed\n")
 
 
 class TestbedResource(resource.Resource):
@@ -222,7 +223,9 @@ class TestbedResource(resource.Resource):
             fault = seam.at("request", method=record.method, path=record.path, query=record.query,
                             headers=headers, host=headers.get("host", ""), tls=record.tls)
             if fault is not None and not fault.wire:
-                return self.broken(request, fault, conn)
+                if fault.action != "short_body":
+                    return self.broken(request, fault, conn)
+                cut_after(request, fault.param("bytes"))
         for state in http._runtime_routes[::-1] if http._runtime_routes else ():
             if state.matches(record):
                 return self.respond(request, *state.next_response(), conn)
@@ -245,7 +248,8 @@ class TestbedResource(resource.Resource):
         set_header = request.responseHeaders.setRawHeaders
         for name, value in headers:
             set_header(name, [value])
-        self.http.context.journal.record(REPLY, self.http.name, conn, status=status, size=len(body))
+        self.http.context.journal.record(REPLY, self.http.name, conn, status=status, size=len(body),
+                                         **_cut_fields(request))
         return body
 
     # -- protocol faults ----------------------------------------------------------
@@ -263,9 +267,6 @@ class TestbedResource(resource.Resource):
         elif action == "bad_chunk":
             transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n"
                             b"5\r\nhello\r\nZZ; not-a-size\r\nbroken\r\n")
-        elif action == "short_body":
-            transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n"
-                            b"only 22 of 100 bytes\r\n")
         journal.record(REPLY, self.http.name, conn, status=None, broken=action)
         transport.loseConnection()
         return server.NOT_DONE_YET
@@ -303,8 +304,51 @@ class TestbedResource(resource.Resource):
             return self.respond(request, *NOT_FOUND, conn)
         if not os.path.isfile(target):
             return self.not_found(request, NOT_FOUND, conn)
-        http.context.journal.record(REPLY, http.name, conn, status=200, file=os.path.relpath(target, http.static_root))
-        return static.File(target).render(request)
+        file = os.path.relpath(target, http.static_root)
+        try:
+            body = static.File(target).render(request)
+        except resource.UnsupportedMethod as e:
+            # Answered here: twisted.web's own 405 page is a deprecated, unescaped one.
+            request.setHeader(b"Allow", b", ".join(e.allowedMethods))
+            return self.respond(request, *METHOD_NOT_ALLOWED, conn)
+        # File.render has chosen the status by now: 200, 206, 304, 416...
+        http.context.journal.record(REPLY, http.name, conn, status=request.code, file=file, **_cut_fields(request))
+        return body
+
+
+def cut_after(request, limit: int | None) -> None:
+    """``short_body``: send this request's real response, but close the connection after ``limit`` body bytes.
+
+    The headers still promise the whole body (its Content-Length, or a
+    range's), so a client sees the connection end early. Without ``limit``,
+    half the promised length goes out.
+    """
+    write = request.write
+    state = {"left": limit}
+
+    def cutting_write(data: bytes) -> None:
+        left = state["left"]
+        if left is None:
+            promised = request.responseHeaders.getRawHeaders(b"content-length")
+            left = int(promised[0]) // 2 if promised else len(data) // 2
+        if left < 0:
+            return
+        if len(data) < left:
+            state["left"] = left - len(data)
+            write(data)
+            return
+        state["left"] = -1
+        write(data[:left])
+        request.channel.transport.loseConnection()
+
+    request.write = cutting_write
+    request.testbed_cut = limit if limit is not None else "half"
+
+
+def _cut_fields(request) -> dict:
+    """What a reply's journal entry adds when ``short_body`` cuts it."""
+    cut = getattr(request, "testbed_cut", None)
+    return {} if cut is None else {"broken": "short_body", "cut_after": cut}
 
 
 class QuietSite(SeamFactory, server.Site):

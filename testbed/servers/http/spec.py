@@ -66,7 +66,7 @@ SPEC = ProtocolSpec(
             "reply": {"status": int, "headers": dict, "body": str, "json": object},
             "malformed": {},
             "bad_chunk": {},
-            "short_body": {},
+            "short_body": {"bytes": int},
             "empty": {},
         },
         match={"method", "path", "query", "headers", "host", "tls"},
