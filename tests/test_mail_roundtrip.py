@@ -93,11 +93,11 @@ def test_a_maildir_survives_a_daemon_restart_with_flags_folders_and_uids(tmp_pat
         imap.select("INBOX")
         assert imap.store("1", "+FLAGS", r"(\Seen)")[0] == "OK"
         assert imap.store("2", "+FLAGS", r"(\Flagged \Answered)")[0] == "OK"
-        assert imap.create("Archive")[0] == "OK"
-        assert imap.copy("3", "Archive")[0] == "OK"
+        assert imap.create("Projects")[0] == "OK"
+        assert imap.copy("3", "Projects")[0] == "OK"
         imap.logout()
         before, validity_before = imap_fetch_all(imap_host, int(imap_port))
-        archived_before, _ = imap_fetch_all(imap_host, int(imap_port), "Archive")
+        archived_before, _ = imap_fetch_all(imap_host, int(imap_port), "Projects")
     finally:
         daemon.stop()
 
@@ -105,7 +105,7 @@ def test_a_maildir_survives_a_daemon_restart_with_flags_folders_and_uids(tmp_pat
     try:
         imap_host, imap_port = again.urls["IMAP"].split("//")[1].rsplit(":", 1)
         after, validity_after = imap_fetch_all(imap_host, int(imap_port))
-        archived_after, _ = imap_fetch_all(imap_host, int(imap_port), "Archive")
+        archived_after, _ = imap_fetch_all(imap_host, int(imap_port), "Projects")
     finally:
         again.stop()
 

@@ -53,7 +53,7 @@ SPEC = ProtocolSpec(
         stages={"connect", "CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "LOGIN", "AUTHENTICATE",
                 "NAMESPACE", "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE",
                 "UNSUBSCRIBE", "LIST", "LSUB", "STATUS", "APPEND", "IDLE", "CHECK", "CLOSE",
-                "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY"},
+                "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UNSELECT", "ID", "ENABLE"},
         actions={
             "reply": {"status": ("NO", "BAD", "BYE"), "message": str, "then": THEN},
             "preauth": {"user": str},
