@@ -9,6 +9,15 @@ import sys
 TWISTD = ["-c", "from twisted.scripts.twistd import run; run()"]
 
 
+def ephemeral(*but):
+    """Every listener option on a free port, except those named (this machine's well-known ports may be taken).
+
+    An option turns its server on: leave out the servers a test's scenario turns off.
+    """
+    return [arg for name in ("http", "https", "smtp", "smtps", "pop3", "pop3s", "imap", "imaps", "ftp", "dns")
+            if name not in but for arg in (f"--{name}", "tcp:0:interface=127.0.0.1")]
+
+
 class Daemon:
     """`twistd -n testbed ...` in a subprocess; reads the listener lines it prints."""
 

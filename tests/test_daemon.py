@@ -13,7 +13,7 @@ import venv
 
 import pytest
 from _clients import CURL
-from _daemon import TWISTD, Daemon
+from _daemon import TWISTD, Daemon, ephemeral
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -71,12 +71,6 @@ def test_a_bad_endpoint_option_is_named(tmp_path):
     result = twistd("-n", "--pidfile", "", "testbed", "--http", "tcp:notaport", cwd=tmp_path)
     assert result.returncode != 0
     assert "--http: expected a Twisted endpoint string" in result.stdout + result.stderr
-
-
-def ephemeral(*but):
-    """Every listener option on a free port, except those named (this machine's well-known ports may be taken)."""
-    return [arg for name in ("http", "https", "smtp", "smtps", "pop3", "pop3s", "imap", "imaps", "ftp", "dns")
-            if name not in but for arg in (f"--{name}", "tcp:0:interface=127.0.0.1")]
 
 
 def private_network():
