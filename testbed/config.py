@@ -170,9 +170,10 @@ def _check_servers(checker: Checker, scenario: Scenario) -> None:
             except Exception as e:  # serverFromString raises ValueError, KeyError, TypeError...
                 checker.fail(f"servers.{entry.name}.{listener.key}",
                              f"a Twisted endpoint string such as {EPHEMERAL!r} ({e})", endpoint)
+        check = registry.Check(checker.fail, f"servers.{entry.name}", scenario.path, scenario.users)
+        registry.check_tls_versions(getattr(entry.config, "tls_versions", ()), check)
         if spec.check is not None:
-            spec.check(entry.config, registry.Check(checker.fail, f"servers.{entry.name}", scenario.path,
-                                                    scenario.users))
+            spec.check(entry.config, check)
     if bool(scenario.tls.ca_cert) != bool(scenario.tls.ca_key):
         checker.fail("tls", "both ca_cert and ca_key, or neither")
 

@@ -182,7 +182,8 @@ class Server(service.Service, abc.ABC):
     @property
     def tls(self):
         """The run's TLS material, serving this server's ``certificate`` chain."""
-        return self.context.tls.serving(getattr(self.config, "certificate", "valid"))
+        config = self.config
+        return self.context.tls.serving(getattr(config, "certificate", "valid"), getattr(config, "tls_versions", ()))
 
     # -- listening -----------------------------------------------------------
 

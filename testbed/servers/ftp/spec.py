@@ -40,6 +40,8 @@ class FTPConfig:
     tls: str = choices("starttls", "none")
     #: The chain served under TLS: a valid one, or a deliberately bad one.
     certificate: str = choices(*CERTIFICATE_KINDS)
+    #: The TLS versions served, a contiguous range of TLS_VERSIONS (empty: TLS 1.2 and 1.3).
+    tls_versions: typing.List[str] = attrs.Factory(list)
     #: A real directory to serve; empty for an in-memory tree built from ``files``.
     root: str = ""
     files: typing.Dict[str, str] = attrs.Factory(dict)
@@ -98,9 +100,10 @@ SPEC = ProtocolSpec(
             "wrong_address": {"host": str, "port": int},
             "short_transfer": {"bytes": int},
             "no_completion": {},
+            "strip_starttls": {},
         },
         match={"user", "path", "tls", "mode", "type", "command"},
-        where={"wrong_address": APPLIES_TO["wrong_address"],
+        where={"wrong_address": APPLIES_TO["wrong_address"], "strip_starttls": {"connect", "FEAT"},
                "short_transfer": APPLIES_TO["short_transfer"] | {"data"},
                "no_completion": APPLIES_TO["no_completion"] | {"data"}},
         notes={"connect": "before the greeting",

@@ -42,6 +42,8 @@ class HTTPConfig:
     tls_listen: str = EPHEMERAL
     #: The chain served under TLS: a valid one, or a deliberately bad one.
     certificate: str = choices(*CERTIFICATE_KINDS)
+    #: The TLS versions served, a contiguous range of TLS_VERSIONS (empty: TLS 1.2 and 1.3).
+    tls_versions: typing.List[str] = attrs.Factory(list)
     static: str = ""
     routes: typing.List[Route] = attrs.Factory(list)
 

@@ -199,6 +199,8 @@ class TestbedIMAPServer(IMAP4Server):
     lost = False
     #: The line being parsed ended in a LITERAL+ literal: its data follows without a "+".
     _nonsync = False
+    #: A ``strip_starttls`` fault fired: this connection neither offers nor accepts STARTTLS.
+    _tls_stripped = False
     #: Bytes of a failed command's LITERAL+ literal still to drop, then the rest of its line.
     _discarding = 0
     _discard_rest = False
@@ -283,6 +285,8 @@ class TestbedIMAPServer(IMAP4Server):
             interfaces.ISSLTransport(self.transport, None) is not None)
         self.setTimeout(self.timeOut)
         fault = self.seam.at("connect")
+        if fault is not None and fault.action == "strip_starttls":
+            self._tls_stripped, fault = True, None
         if fault is not None and fault.action == "preauth":
             self._preauth(fault)
         elif not self.seam.carry_out(fault, "connect", self._send_untagged, command="connect", tag=None):
@@ -418,6 +422,8 @@ class TestbedIMAPServer(IMAP4Server):
             if self.tap is None:
                 self.tap = ResponseTap(self.transport, self, tag, fault)
                 self.transport = self.tap
+        elif action == "strip_starttls":
+            self._tls_stripped = True  # the downgrade: STARTTLS neither offered nor accepted from now on
         elif action == "idle_no_ack":
             self._idle_ack = False
         elif action == "uidvalidity_change":
@@ -449,7 +455,7 @@ class TestbedIMAPServer(IMAP4Server):
     # -- capabilities, STARTTLS, LOGIN, AUTHENTICATE ----------------------------------------
 
     def _starttls_offered(self) -> bool:
-        return bool(self.ctx) and self.canStartTLS and not self.secure
+        return bool(self.ctx) and self.canStartTLS and not self.secure and not self._tls_stripped
 
     def _login_disabled(self) -> bool:
         return self.factory.require_tls and not self.secure
@@ -472,7 +478,7 @@ class TestbedIMAPServer(IMAP4Server):
         # Twisted's does not drop plaintext pipelined after STARTTLS (the STARTTLS injection flaw).
         if self.secure:
             self.sendBadResponse(tag, b"TLS is already active")
-        elif not (self.ctx and self.canStartTLS):
+        elif not (self.ctx and self.canStartTLS) or self._tls_stripped:
             self.sendNegativeResponse(tag, b"TLS not available")
         else:
             self.sendPositiveResponse(tag, b"Begin TLS negotiation now")

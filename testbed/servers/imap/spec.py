@@ -23,6 +23,8 @@ class IMAPConfig:
     tls_listen: str = EPHEMERAL
     #: The chain served under TLS: a valid one, or a deliberately bad one.
     certificate: str = choices(*CERTIFICATE_KINDS)
+    #: The TLS versions served, a contiguous range of TLS_VERSIONS (empty: TLS 1.2 and 1.3).
+    tls_versions: typing.List[str] = attrs.Factory(list)
     #: SASL mechanisms AUTHENTICATE offers (PLAIN, LOGIN, CRAM-MD5); the LOGIN command is always there.
     auth: typing.List[str] = attrs.Factory(lambda: list(MECHANISMS))
     #: Advertise LOGINDISABLED and refuse LOGIN/AUTHENTICATE until STARTTLS (or on the IMAPS port).
@@ -62,9 +64,11 @@ SPEC = ProtocolSpec(
             "short_literal": {"missing": int},
             "idle_no_ack": {},
             "uidvalidity_change": {},
+            "strip_starttls": {},
         },
         match={"user", "mailbox", "message", "tls", "uid", "mechanism"},
-        where={"preauth": {"connect"}, "idle_no_ack": {"IDLE"}, "uidvalidity_change": {"SELECT", "EXAMINE"}},
+        where={"preauth": {"connect"}, "idle_no_ack": {"IDLE"}, "uidvalidity_change": {"SELECT", "EXAMINE"},
+               "strip_starttls": {"connect", "CAPABILITY"}},
         notes={"connect": "before the greeting (a reply there is untagged)"},
     ),
     replies=ReplyStyle(code_key="status", default_code="NO", stage_codes={"connect": "BYE"}, texts=FAULT_TEXTS,

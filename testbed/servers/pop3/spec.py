@@ -5,6 +5,8 @@ Pure data for the registry; the server itself is ``testbed.servers.pop3.server``
 
 from __future__ import annotations
 
+import typing
+
 import attrs
 
 from testbed.faults.rules import THEN, FaultSurface, ReplyStyle
@@ -20,6 +22,8 @@ class POP3Config:
     tls_listen: str = EPHEMERAL
     #: The chain served under TLS: a valid one, or a deliberately bad one.
     certificate: str = choices(*CERTIFICATE_KINDS)
+    #: The TLS versions served, a contiguous range of TLS_VERSIONS (empty: TLS 1.2 and 1.3).
+    tls_versions: typing.List[str] = attrs.Factory(list)
 
 
 SPEC = ProtocolSpec(
@@ -35,9 +39,10 @@ SPEC = ProtocolSpec(
             "no_terminator": {},
             "wrong_size": {"delta": int},
             "disconnect": {"bytes": int},
+            "strip_starttls": {},
         },
         match={"user", "message", "tls"},
-        where={"wrong_size": {"STAT", "LIST", "RETR"}},
+        where={"wrong_size": {"STAT", "LIST", "RETR"}, "strip_starttls": {"connect", "CAPA"}},
         notes={"connect": "before the greeting"},
     ),
     replies=ReplyStyle(code_key=None, default_code="-ERR", default_text="[SYS/TEMP] fault injected by the testbed",

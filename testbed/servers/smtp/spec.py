@@ -25,6 +25,8 @@ class SMTPConfig:
     tls_listen: str = EPHEMERAL
     #: The chain served under TLS: a valid one, or a deliberately bad one.
     certificate: str = choices(*CERTIFICATE_KINDS)
+    #: The TLS versions served, a contiguous range of TLS_VERSIONS (empty: TLS 1.2 and 1.3).
+    tls_versions: typing.List[str] = attrs.Factory(list)
     hostname: str = "testbed.test"
     auth: typing.List[str] = attrs.Factory(lambda: list(MECHANISMS))
     require_tls: bool = False
@@ -71,8 +73,9 @@ SPEC = ProtocolSpec(
     faults=FaultSurface(
         stages={"connect", "EHLO", "HELO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA",
                 "message", "RSET", "NOOP", "VRFY", "QUIT"},
-        actions={"reply": {"code": int, "message": str, "then": THEN}, "silence": {}},
+        actions={"reply": {"code": int, "message": str, "then": THEN}, "silence": {}, "strip_starttls": {}},
         match={"mail_from", "rcpt", "user", "mechanism", "helo", "size", "tls"},
+        where={"strip_starttls": {"connect", "EHLO"}},
         notes={"connect": "before the greeting", "DATA": "before the 354 (a wire action acts after it)",
                "message": "after the final dot, before the message is stored and acknowledged"},
     ),
