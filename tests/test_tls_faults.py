@@ -180,3 +180,55 @@ class TestOnlyOldTLSVersions:
         code, error = curl_ssl_reqd(http_server.https_url, testbed, "--tlsv1.0", "--ciphers", "DEFAULT:@SECLEVEL=0",
                                     "-o", "/dev/null", "-w", "%{http_code}")
         assert code == 0, error
+
+
+# -- tls_abort: the handshake cut partway -------------------------------------------------------
+
+
+def starttls_with(name, server, testbed):
+    """Connect with the standard library's client for ``name`` and start TLS as it does."""
+    context = ssl.create_default_context(cafile=testbed.ca_path)
+    if name == "smtp":
+        client = smtplib.SMTP(server.host, server.port, timeout=TIMEOUT)
+        return lambda: client.starttls(context=context)
+    if name == "pop3":
+        client = poplib.POP3(server.host, server.port, timeout=TIMEOUT)
+        return lambda: client.stls(context=context)
+    if name == "imap":
+        client = imaplib.IMAP4(server.host, server.port, timeout=TIMEOUT)
+        return lambda: client.starttls(ssl_context=context)
+    client = ftplib.FTP_TLS(context=context, timeout=TIMEOUT)
+    client.connect(server.host, server.port)
+    return client.auth
+
+
+@pytest.mark.parametrize("after", ["client_hello", "server_hello"])
+@pytest.mark.parametrize("name, stage", [("smtp", "STARTTLS"), ("pop3", "STLS"), ("imap", "STARTTLS"),
+                                         ("ftp", "AUTH")])
+def test_a_handshake_cut_after_starttls_fails_the_client(name, stage, after, testbed):
+    server = testbed[name]
+    server.faults.add(on=stage, action="tls_abort", cut_after=after)
+    start = starttls_with(name, server, testbed)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        start()
+    (cut,) = [e for e in server.journal if e.get("cut")]
+    assert cut["cut_after"] == after and (cut["size"] > 0) == (after == "server_hello")
+    code, error = curl_ssl_reqd(url(server, name), testbed)
+    assert code == 35, error                                   # SSL connect error
+
+
+@pytest.mark.parametrize("after", ["client_hello", "server_hello"])
+def test_a_handshake_cut_on_an_implicit_tls_port_fails_curl_and_urllib(http_server, testbed, after):
+    import urllib.error
+    import urllib.request
+
+    http_server.faults.add(on="connect", action="tls_abort", cut_after=after, match={"tls": True})
+    code, error = curl_ssl_reqd(http_server.https_url, testbed)
+    assert code == 35, error                                   # SSL connect error
+    with pytest.raises(urllib.error.URLError) as failed:
+        urllib.request.urlopen(http_server.https_url, timeout=TIMEOUT,
+                               context=ssl.create_default_context(cafile=testbed.ca_path))
+    assert isinstance(failed.value.reason, (ssl.SSLError, ConnectionError)), failed.value
+    http_server.route("/ok", body="ok")
+    with urllib.request.urlopen(http_server.url + "/ok", timeout=TIMEOUT) as response:   # plain HTTP is untouched
+        assert response.read() == b"ok"

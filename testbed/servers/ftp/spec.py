@@ -10,7 +10,7 @@ import typing
 
 import attrs
 
-from testbed.faults.rules import THEN, FaultSurface, ReplyStyle
+from testbed.faults.rules import THEN, TLS_ABORT, FaultSurface, ReplyStyle
 from testbed.registry import CERTIFICATE_KINDS, EPHEMERAL, ListenerSpec, ProtocolSpec
 from testbed.schema import choices
 from testbed.servers.smtp.spec import check_mail_tls
@@ -101,9 +101,11 @@ SPEC = ProtocolSpec(
             "short_transfer": {"bytes": int},
             "no_completion": {},
             "strip_starttls": {},
+            "tls_abort": TLS_ABORT,
         },
         match={"user", "path", "tls", "mode", "type", "command"},
         where={"wrong_address": APPLIES_TO["wrong_address"], "strip_starttls": {"connect", "FEAT"},
+               "tls_abort": {"connect", "AUTH"},
                "short_transfer": APPLIES_TO["short_transfer"] | {"data"},
                "no_completion": APPLIES_TO["no_completion"] | {"data"}},
         notes={"connect": "before the greeting",

@@ -10,7 +10,7 @@ import typing
 
 import attrs
 
-from testbed.faults.rules import FaultSurface
+from testbed.faults.rules import TLS_ABORT, FaultSurface
 from testbed.registry import CERTIFICATE_KINDS, EPHEMERAL, ListenerSpec, ProtocolSpec
 from testbed.schema import choices
 
@@ -70,9 +70,10 @@ SPEC = ProtocolSpec(
             "bad_chunk": {},
             "short_body": {"bytes": int},
             "empty": {},
+            "tls_abort": TLS_ABORT,
         },
         match={"method", "path", "query", "headers", "host", "tls"},
-        where={action: {"request"} for action in _REQUEST_ACTIONS},
+        where={**{action: {"request"} for action in _REQUEST_ACTIONS}, "tls_abort": {"connect"}},
         notes={"connect": "a connection is accepted", "request": "a request's head and body have arrived"},
     ),
     listeners=(

@@ -9,7 +9,7 @@ import typing
 
 import attrs
 
-from testbed.faults.rules import THEN, FaultSurface, ReplyStyle
+from testbed.faults.rules import THEN, TLS_ABORT, FaultSurface, ReplyStyle
 from testbed.registry import CERTIFICATE_KINDS, EPHEMERAL, ListenerSpec, ProtocolSpec
 from testbed.schema import choices
 from testbed.servers.smtp.spec import MECHANISMS, check_mail_tls
@@ -65,10 +65,11 @@ SPEC = ProtocolSpec(
             "idle_no_ack": {},
             "uidvalidity_change": {},
             "strip_starttls": {},
+            "tls_abort": TLS_ABORT,
         },
         match={"user", "mailbox", "message", "tls", "uid", "mechanism"},
         where={"preauth": {"connect"}, "idle_no_ack": {"IDLE"}, "uidvalidity_change": {"SELECT", "EXAMINE"},
-               "strip_starttls": {"connect", "CAPABILITY"}},
+               "strip_starttls": {"connect", "CAPABILITY"}, "tls_abort": {"connect", "STARTTLS"}},
         notes={"connect": "before the greeting (a reply there is untagged)"},
     ),
     replies=ReplyStyle(code_key="status", default_code="NO", stage_codes={"connect": "BYE"}, texts=FAULT_TEXTS,

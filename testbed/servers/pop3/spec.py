@@ -9,7 +9,7 @@ import typing
 
 import attrs
 
-from testbed.faults.rules import THEN, FaultSurface, ReplyStyle
+from testbed.faults.rules import THEN, TLS_ABORT, FaultSurface, ReplyStyle
 from testbed.registry import CERTIFICATE_KINDS, EPHEMERAL, ListenerSpec, ProtocolSpec
 from testbed.schema import choices
 
@@ -40,9 +40,11 @@ SPEC = ProtocolSpec(
             "wrong_size": {"delta": int},
             "disconnect": {"bytes": int},
             "strip_starttls": {},
+            "tls_abort": TLS_ABORT,
         },
         match={"user", "message", "tls"},
-        where={"wrong_size": {"STAT", "LIST", "RETR"}, "strip_starttls": {"connect", "CAPA"}},
+        where={"wrong_size": {"STAT", "LIST", "RETR"}, "strip_starttls": {"connect", "CAPA"},
+               "tls_abort": {"connect", "STLS"}},
         notes={"connect": "before the greeting"},
     ),
     replies=ReplyStyle(code_key=None, default_code="-ERR", default_text="[SYS/TEMP] fault injected by the testbed",
