@@ -5,25 +5,15 @@ Pure data for the registry; the server itself is ``testbed.servers.pop3.server``
 
 from __future__ import annotations
 
-import typing
-
 import attrs
 
 from testbed.faults.rules import THEN, TLS_ABORT, FaultSurface, ReplyStyle
-from testbed.registry import CERTIFICATE_KINDS, EPHEMERAL, ListenerSpec, ProtocolSpec
-from testbed.schema import choices
+from testbed.registry import ListenerSpec, MailListenersConfig, ProtocolSpec
 
 
 @attrs.frozen
-class POP3Config:
-    enabled: bool = True
-    listen: str = EPHEMERAL
-    tls: str = choices("starttls", "none", "implicit")
-    tls_listen: str = EPHEMERAL
-    #: The chain served under TLS: a valid one, or a deliberately bad one.
-    certificate: str = choices(*CERTIFICATE_KINDS)
-    #: The TLS versions served, a contiguous range of TLS_VERSIONS (empty: TLS 1.2 and 1.3).
-    tls_versions: typing.List[str] = attrs.Factory(list)
+class POP3Config(MailListenersConfig):
+    """POP3 needs nothing beyond its listeners: users and mail come from the scenario's [users] and store."""
 
 
 SPEC = ProtocolSpec(
