@@ -104,7 +104,13 @@ class Options(usage.Options):
 
 
 class ListenFailed(Exception):
-    """The daemon could not bind a listener; printed as its one line, without a traceback."""
+    """The daemon could not bind a listener; printed as its one line, without a traceback.
+
+    twistd lets an exception from ``privilegedStartService`` reach the
+    interpreter once it has removed its PID file (and told a daemonizing
+    parent); an ``Exception``, not ``SystemExit``, keeps that clean-up, and
+    the hook below prints it as the line it is.
+    """
 
 
 def _one_line_hook(previous):
@@ -129,9 +135,10 @@ class Announcer(service.Service):
         super().startService()
         options, bed = self.options, self.bed
         ca = bed.tls.write_ca(options["ca-out"]) if options["ca-out"] else bed.ca_path
+        index = index_page(bed, ca)
         for server in bed.servers.values():
             if server.context.protocol == "http":
-                server.index = index_page(bed, ca)
+                server.index = index
         if options["ports-out"]:
             write_ports(options["ports-out"], bed, ca)
         out = sys.__stdout__
