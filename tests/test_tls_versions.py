@@ -28,6 +28,7 @@ def testbed_scenario():
             "servers": {"smtp": old, "pop3": old, "imap": old, "ftp": old,
                         "http": {"tls_versions": ["TLSv1", "TLSv1.1"]}}}
 
+
 def test_smtplib_refuses_and_an_old_client_gets_tls_1_1(smtp_server, testbed):
     with smtplib.SMTP(smtp_server.host, smtp_server.port, timeout=TIMEOUT) as client:
         with pytest.raises(ssl.SSLError):
@@ -35,6 +36,7 @@ def test_smtplib_refuses_and_an_old_client_gets_tls_1_1(smtp_server, testbed):
     with smtplib.SMTP(smtp_server.host, smtp_server.port, timeout=TIMEOUT) as client:
         client.starttls(context=old_tls_client(testbed))
         assert client.sock.version() == "TLSv1.1"
+
 
 def test_poplib_refuses_and_an_old_client_gets_tls_1_1(pop3_server, testbed):
     client = poplib.POP3(pop3_server.host, pop3_server.port, timeout=TIMEOUT)
@@ -45,6 +47,7 @@ def test_poplib_refuses_and_an_old_client_gets_tls_1_1(pop3_server, testbed):
     assert client.sock.version() == "TLSv1.1"
     client.quit()
 
+
 def test_imaplib_refuses_and_an_old_client_gets_tls_1_1(imap_server, testbed):
     client = imaplib.IMAP4(imap_server.host, imap_server.port, timeout=TIMEOUT)
     with pytest.raises(ssl.SSLError):
@@ -53,6 +56,7 @@ def test_imaplib_refuses_and_an_old_client_gets_tls_1_1(imap_server, testbed):
     client.starttls(ssl_context=old_tls_client(testbed))
     assert client.sock.version() == "TLSv1.1"
     client.logout()
+
 
 def test_ftplib_refuses_and_an_old_client_gets_tls_1_1(ftp_server, testbed):
     client = ftplib.FTP_TLS(context=ssl.create_default_context(cafile=testbed.ca_path), timeout=TIMEOUT)
@@ -64,6 +68,7 @@ def test_ftplib_refuses_and_an_old_client_gets_tls_1_1(ftp_server, testbed):
     client.auth()
     assert client.sock.version() == "TLSv1.1"
     client.quit()
+
 
 def test_curl_refuses_every_server_unless_told_tls_1_0_will_do(smtp_server, pop3_server, imap_server,
                                                                ftp_server, http_server, testbed):
