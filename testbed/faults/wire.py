@@ -388,6 +388,10 @@ class FaultingProtocol(ProtocolWrapper):
             keep = data[: self._cap - self._captured_up]
             self._captured_up += len(keep)
             self.journal.record(DATA, self.server, self.conn, direction="up", size=len(data), payload=keep)
+        if self.disconnecting:
+            # The server is closing (TCP stops reading then, TLS may still hand over decrypted bytes):
+            # more input would be parsed as new lines, e.g. the rest of a line refused as too long.
+            return
         if self.up is None:
             self.wrappedProtocol.dataReceived(data)
         else:
