@@ -11,8 +11,8 @@ from testbed.journal import ERROR
 from testbed.servers.ftp import fs as ftp_fs
 from testbed.servers.ftp.fs import MAX_SEGMENTS, JailedShell
 
-from tests.test_ftp import Session, TLSStringTransport
-from tests.test_ftp_fs import result_of
+from test_ftp import Session, TLSStringTransport
+from test_ftp_fs import result_of
 
 
 def test_jailed_path_resolution_is_linear_in_the_segments(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_smtp import Session
+from test_smtp import Session
 
 CHUNK = 64 * 1024
 
