@@ -10,6 +10,7 @@ import attrs
 from testbed.faults.rules import THEN, FaultSurface, ReplyStyle
 from testbed.registry import CERTIFICATE_KINDS, EPHEMERAL, ListenerSpec, ProtocolSpec
 from testbed.schema import choices
+from testbed.servers.smtp.spec import check_mail_tls
 
 
 @attrs.frozen
@@ -20,6 +21,8 @@ class POP3Config:
     tls_listen: str = EPHEMERAL
     #: The chain served under TLS: a valid one, or a deliberately bad one.
     certificate: str = choices(*CERTIFICATE_KINDS)
+    #: Refuse USER, PASS, APOP and AUTH (and leave USER and SASL out of CAPA) until STLS or on the POP3S port.
+    require_tls: bool = False
 
 
 SPEC = ProtocolSpec(
@@ -49,4 +52,5 @@ SPEC = ProtocolSpec(
     server="testbed.servers.pop3.server:POP3Server",
     fixture="pop3_server",
     daemon_defaults={"tls": "starttls"},
+    check=check_mail_tls,
 )
