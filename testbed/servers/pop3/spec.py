@@ -8,19 +8,14 @@ from __future__ import annotations
 import attrs
 
 from testbed.faults.rules import THEN, FaultSurface, ReplyStyle
-from testbed.registry import CERTIFICATE_KINDS, EPHEMERAL, ListenerSpec, ProtocolSpec
-from testbed.schema import choices
+from testbed.registry import ListenerSpec, MailListenersConfig, ProtocolSpec
 from testbed.servers.smtp.spec import check_mail_tls
 
 
 @attrs.frozen
-class POP3Config:
-    enabled: bool = True
-    listen: str = EPHEMERAL
-    tls: str = choices("starttls", "none", "implicit")
-    tls_listen: str = EPHEMERAL
-    #: The chain served under TLS: a valid one, or a deliberately bad one.
-    certificate: str = choices(*CERTIFICATE_KINDS)
+class POP3Config(MailListenersConfig):
+    """POP3's listeners, plus ``require_tls``: users and mail come from the scenario's [users] and store."""
+
     #: Refuse USER, PASS, APOP and AUTH (and leave USER and SASL out of CAPA) until STLS or on the POP3S port.
     require_tls: bool = False
 
