@@ -206,7 +206,13 @@ def _readable_range(value: bytes) -> bool:
     return True
 
 
-class _StrictChunkedDecoder(http._ChunkedTransferDecoder):
+# Bound once: twisted.web.http is a deprecation proxy, and every attribute read through it costs a call.
+_TwistedChunkedDecoder = http._ChunkedTransferDecoder
+_MalformedChunkedDataError = http._MalformedChunkedDataError
+_choose_decoder = http.HTTPChannel._maybeChooseTransferDecoder
+
+
+class _StrictChunkedDecoder(_TwistedChunkedDecoder):
     """Twisted's chunked decoder, refusing (400) what it would otherwise wait on until the idle timeout.
 
     Twisted's looks only for CRLF, so LF-only framing ("5\\nhello\\n0\\n\\n") leaves it waiting for more
@@ -216,15 +222,15 @@ class _StrictChunkedDecoder(http._ChunkedTransferDecoder):
     def _dataReceived_CHUNK_LENGTH(self) -> bool:
         lf = self._buffer.find(b"\n")
         if lf == 0 or (lf > 0 and self._buffer[lf - 1] != 0x0D):
-            raise http._MalformedChunkedDataError("chunk size line ends with a bare LF")
+            raise _MalformedChunkedDataError("chunk size line ends with a bare LF")
         done = super()._dataReceived_CHUNK_LENGTH()
         if done and self.length > MAX_CHUNK_SIZE:
-            raise http._MalformedChunkedDataError(f"chunk size {self.length} over {MAX_CHUNK_SIZE}")
+            raise _MalformedChunkedDataError(f"chunk size {self.length} over {MAX_CHUNK_SIZE}")
         return done
 
     def _dataReceived_CRLF(self) -> bool:
         if self._buffer[:1] == b"\n":
-            raise http._MalformedChunkedDataError("chunk ends with a bare LF")
+            raise _MalformedChunkedDataError("chunk ends with a bare LF")
         return super()._dataReceived_CRLF()
 
 
@@ -250,13 +256,21 @@ class TestbedChannel(http.HTTPChannel):
         self.loseConnection()
 
     def _respondToBadRequestAndDisconnect(self):
-        self._refuse(400, "malformed request")
+        # Twisted counts before it calls this: an excess here is what it refused.
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self._refuse(431, "headers over %d bytes" % self.totalHeadersSize)
+        elif self._receivedHeaderCount > self.maxHeaders:
+            self._refuse(431, "more than %d headers" % self.maxHeaders)
+        else:
+            self._refuse(400, "malformed request")
 
     def _first_line(self) -> bool:
         return bool(self._HTTPChannel__first_line)
 
     def dataReceived(self, data):
-        if self.line_mode and not self._handlingRequest and b"\n" in data and self._bare_lf_in_head(data):
+        # Two C-level counts on the hot path; the precise look only when some LF lacks its CR.
+        if (self.line_mode and not self._handlingRequest and data.count(b"\n") != data.count(b"\r\n")
+                and self._bare_lf_in_head(data)):
             self.resetTimeout()
             self._refuse(400, "bare LF in the request head")
             return
@@ -274,23 +288,14 @@ class TestbedChannel(http.HTTPChannel):
     def lineLengthExceeded(self, line):
         self._refuse(414 if self._first_line() else 431, "line over %d bytes" % self.MAX_LENGTH)
 
-    def lineReceived(self, line):
-        if not self._first_line():
-            if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
-                return self._refuse(431, "headers over %d bytes" % self.totalHeadersSize)
-            if line and self._receivedHeaderCount >= self.maxHeaders:
-                return self._refuse(431, "more than %d headers" % self.maxHeaders)
-        elif len(line) > self.totalHeadersSize:
-            return self._refuse(414, "request line over %d bytes" % self.totalHeadersSize)
-        return super().lineReceived(line)
-
     def _maybeChooseTransferDecoder(self, header, data):
-        if header == b"Transfer-Encoding":
-            self._transfer_encodings += 1
-            if self._transfer_encodings > 1:
-                return self._failChooseTransferDecoder()
-        ok = super()._maybeChooseTransferDecoder(header, data)
-        if type(self._transferDecoder) is http._ChunkedTransferDecoder:
+        if header != b"Transfer-Encoding":
+            return _choose_decoder(self, header, data)
+        self._transfer_encodings += 1
+        if self._transfer_encodings > 1:
+            return self._failChooseTransferDecoder()
+        ok = _choose_decoder(self, header, data)
+        if type(self._transferDecoder) is _TwistedChunkedDecoder:
             self._transferDecoder.__class__ = _StrictChunkedDecoder
         return ok
 
