@@ -257,6 +257,8 @@ class TestbedIMAPServer(IMAP4Server):
         Twisted reads a literal's size with int(), which takes "-1" (then waits for a negative count
         of octets and swallows the next line), "+5", "1_0" and " 5"; RFC 3501 says number = 1*DIGIT.
         """
+        if not line.endswith(b"}"):
+            return None
         match = _LITERAL_SPEC.search(line)
         if match is None or _LITERAL_SIZE.fullmatch(match.group(1)):
             return None
