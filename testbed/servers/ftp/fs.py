@@ -378,9 +378,10 @@ def _write_all(fObj: Any, data: bytes) -> None:
 class JailedShell(_ShellBase, ftp.FTPShell):
     """FTPShell confined to C{root}, with symlinks resolved and checked at every step.
 
-    Each path component is resolved with realpath in turn and must stay
-    inside the (real) root, so a symlink pointing outside is refused whether
-    it is the final name or a directory on the way.  Removal and rename act on
+    Each path component is looked at in turn (one lstat), a symlink is
+    resolved with realpath and must stay inside the (real) root, so a link
+    pointing outside is refused whether it is the final name or a directory
+    on the way; a path has at most MAX_SEGMENTS components.  Removal and rename act on
     the directory entry itself (a link inside root is removed, not its target).
     """
 

@@ -6,6 +6,9 @@ response itself (Twisted's never slices partials, never sets \\Seen, retitles
 header names and iterates on the global reactor), SEARCH evaluates keys itself
 (Twisted's compares bytes with str on Python 3), and LOGIN/AUTHENTICATE, STARTTLS,
 IDLE, SELECT, STATUS, APPEND and COPY answer with RFC 3501/5530 response codes.
+Bad input is refused before Twisted sees it: a literal size Twisted's int() would take
+("{-1}", "{1_0}") gets BAD, and an undecodable mailbox name NO without the traceback
+Twisted's ``_parseMbox`` logs.
 
 Faults: ``on`` is "connect" or the command verb (UID FETCH is "FETCH" with the
 attribute ``uid = true``), asked once the command's arguments are parsed.

@@ -39,9 +39,9 @@ _EMPTY_LINE = re.compile(rb"(?:^|\n)\r?\n")
 #: Numbers the APOP timestamps of every listener of the process.
 _MAGIC = itertools.count(1)
 
-#: Commands valid before login (AUTHORIZATION) and after (TRANSACTION), RFC 1939.
 #: Commands carrying credentials, refused in the clear when ``require_tls``.
 _CREDENTIALS = frozenset({"USER", "PASS", "APOP", "AUTH"})
+#: Commands valid before login (AUTHORIZATION) and after (TRANSACTION), RFC 1939.
 _AUTHORIZATION = frozenset({"CAPA", "USER", "PASS", "APOP", "AUTH", "STLS", "QUIT"})
 _TRANSACTION = frozenset({"CAPA", "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "NOOP", "RSET", "QUIT"})
 #: How many arguments each command takes (PASS takes the rest of the line, spaces included).
