@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 from typing import Sequence
@@ -54,7 +55,8 @@ def _findings(rows: list[dict], summary: dict) -> list[str]:
     for row in {r["cell"]: r for r in rows}.values():
         for check in row["checks"]:
             if not check["ok"]:
-                seen.setdefault(check["check"], []).append(f"{row['cell']}: {check['detail']}")
+                kind = re.sub(r"\d+", "N", check["detail"].split(":")[0])
+                seen.setdefault(f"{check['check']} ({kind})", []).append(f"{row['cell']}: {check['detail']}")
         if row["verdict"] == "timeout":
             seen.setdefault("timeout", []).append(f"{row['cell']}: the client did not finish in time")
     lines = [f"  {name}: failed in {len(cells)} cell(s), e.g. {cells[0]}" for name, cells in seen.items()]

@@ -32,6 +32,16 @@ def read_results(out_dir: str) -> list[dict]:
     return rows
 
 
+def drop_torn_line(path: str) -> None:
+    """Cut a last line an interrupted run left without its newline, so appended rows start on a line of their own."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def read_plan(out_dir: str) -> plan_module.Plan:
     """The plan a results folder was made with (as it was when the run started)."""
     with open(os.path.join(out_dir, PLAN_COPY), encoding="utf-8") as f:
@@ -79,6 +89,7 @@ def run(plan: plan_module.Plan, out_dir: str, executor, fail_fast: bool = False,
     with open(os.path.join(out_dir, PLAN_COPY), "w", encoding="utf-8") as f:
         json.dump(plan_payload(plan), f, indent=1, default=str)
     rows = read_results(out_dir)
+    drop_torn_line(os.path.join(out_dir, RESULTS))
     payload = plan_payload(plan)
     stopped = False
     with open(os.path.join(out_dir, RESULTS), "a", encoding="utf-8") as results:
