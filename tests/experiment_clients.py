@@ -9,7 +9,7 @@ MESSAGE = "From: r@example.test\r\nTo: ops@example.test\r\nSubject: report\r\n\r
 
 def _smtp(testbed) -> smtplib.SMTP:
     server = testbed["smtp"]
-    return smtplib.SMTP(server.host, server.port, timeout=5)
+    return smtplib.SMTP(server.host, server.port, timeout=2)
 
 
 def send_once(testbed) -> int:

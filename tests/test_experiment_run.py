@@ -132,3 +132,19 @@ def test_cli_check_prints_what_a_scenario_runs(tmp_path):
     scenario.write_text('[servers.smtp]\ntls = "maybe"\n')
     bad = cli("check", str(scenario))
     assert bad.returncode == 2 and "servers.smtp.tls: expected one of" in bad.stderr
+
+
+def test_explore_fails_each_reached_point_once(tmp_path):
+    plan = make_plan(plans=[], explore=True, budget=4, seeds=1, checks=[])
+    executor = LocalExecutor(2)
+    try:
+        rows = runner.run(plan, str(tmp_path), executor)
+    finally:
+        executor.close()
+    control = next(r for r in rows if r["plan"] == "control")
+    assert control["verdict"] == "pass" and control["journal"]  # explore keeps the baseline's journal
+    assert [p["on"] for p in control["reached"]][:2] == ["connect", "EHLO"]
+    explored = [r for r in rows if r["plan"] != "control"]
+    assert len(explored) == 4 and all(r["plan"].startswith("smtp.connect.") for r in explored)
+    assert all(len(r["faults"]) == 1 and r["faults"][0]["times"] == 1 for r in explored)
+    assert any(r["verdict"] == "fail" and r["fired"] for r in explored)

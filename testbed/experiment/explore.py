@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 from testbed import registry
 
 #: Parameters for generated rules where an action's defaults would do nothing (a delay of 0 s).
-EXPLORE_PARAMS: dict[str, dict[str, Any]] = {"delay": {"seconds": 0.5}, "close": {"bytes": 0},
+EXPLORE_PARAMS: dict[str, dict[str, Any]] = {"delay": {"seconds": 0.2}, "close": {"bytes": 0},
                                              "truncate": {"bytes": 1}}
 #: Match attributes too volatile to key a generated rule on.
 VOLATILE = frozenset({"size", "body", "headers", "query"})
