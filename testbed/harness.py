@@ -146,6 +146,10 @@ class Testbed(service.MultiService):
         """One line per listener: server, label and address."""
         return [line for server in self.servers.values() for line in server.describe()]
 
+    def listener_records(self) -> list[dict[str, Any]]:
+        """Every listener of every server as JSON-ready data: server, protocol, label, host, port, url, tls."""
+        return [record for server in self.servers.values() for record in server.listener_records()]
+
     def call(self, fn, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` in the reactor thread and return its result (directly when already there)."""
         return runtime.call(self.reactor, fn, *args, **kwargs)

@@ -618,9 +618,8 @@ def _listen_udp_and_tcp(factory):
 
     last = None
     for _ in range(20):
-        # A fresh protocol each try: the one of a port given up still has that port as its transport.
-        protocol = tdns.DNSDatagramProtocol(factory)
-        udp = reactor.listenUDP(0, protocol, interface="127.0.0.1")
+        # A fresh protocol each attempt: one that a closed port held cannot be connected again.
+        udp = reactor.listenUDP(0, tdns.DNSDatagramProtocol(factory), interface="127.0.0.1")
         port = udp.getHost().port
         try:
             tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")

@@ -22,11 +22,14 @@ from zope.interface import directlyProvides, implementer, providedBy
 from testbed.faults.engine import Fault, FaultEngine
 from testbed.faults.rules import FaultRule, ReplyStyle
 from testbed.faults.seam import SeamFactory, StageSeam
-from testbed.journal import CLOSE, DATA, FLOW, OPEN, Journal
+from testbed.journal import CLOSE, DATA, ERROR, FLOW, OPEN, REPLY, Journal
 
 #: Above this many bytes held by a shaper, the producer feeding it is paused.
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+
+#: Seconds a TLS handshake (implicit TLS, or after STARTTLS) may take before the connection is aborted.
+TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 def corrupt(data: bytes, rate: float, rng, at_least_one: bool = False) -> bytes:
@@ -311,6 +314,9 @@ class FaultingProtocol(ProtocolWrapper):
     _gate: _ProducerGate | None = None
     _backlog: _Backlog | None = None
     _read_paused = 0
+    _handshake_timer = None
+    #: ``tls_abort``: where to cut the next TLS handshake ("client_hello", "server_hello"), or None.
+    _cut_after: str | None = None
 
     def __init__(self, factory: "FaultingFactory", wrappedProtocol, seam: StageSeam):
         super().__init__(factory, wrappedProtocol)
@@ -417,13 +423,36 @@ class FaultingProtocol(ProtocolWrapper):
         peer = self._peer
         self.journal.record(OPEN, self.server, self.conn, peer=f"{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}",
                             listener=self.factory.label)
+        if self.factory.tls:
+            self._watch_handshake()
         fault = self.seam.at("connect", tls=self.factory.tls)
         if fault is not None and fault.action == "refuse":
             self.refused = True
             self.transport.loseConnection()
 
+    def _watch_handshake(self) -> None:
+        """Abort the connection if its TLS handshake has not finished within TLS_HANDSHAKE_TIMEOUT.
+
+        Twisted's TLS layer waits for the rest of a ClientHello for as long as the connection
+        lives, so a truncated one held a connection until the protocol's idle timeout (600 s).
+        """
+        self._handshake_timer = self.factory.clock.callLater(TLS_HANDSHAKE_TIMEOUT, self._handshake_expired)
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        handle = getattr(self.transport, "getHandle", None)
+        # The client's Finished message arrived: the handshake is done.
+        if self.lost or handle is None or handle().get_peer_finished() is not None:
+            return
+        self.journal.record(ERROR, self.server, self.conn, error="TLS handshake timed out",
+                            seconds=TLS_HANDSHAKE_TIMEOUT)
+        self.transport.abortConnection()
+
     def connectionLost(self, reason):
         self.lost = True
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
         for shaper in (self.down, self.up):
             if shaper is not None:
                 shaper.cancel()
@@ -481,6 +510,10 @@ class FaultingProtocol(ProtocolWrapper):
             keep = data[: self._cap - self._captured_up]
             self._captured_up += len(keep)
             self.journal.record(DATA, self.server, self.conn, direction="up", size=len(data), payload=keep)
+        if self.disconnecting:
+            # The server is closing (TCP stops reading then, TLS may still hand over decrypted bytes):
+            # more input would be parsed as new lines, e.g. the rest of a line refused as too long.
+            return
         if self.up is None:
             self.wrappedProtocol.dataReceived(data)
         else:
@@ -572,9 +605,30 @@ class FaultingProtocol(ProtocolWrapper):
         """STARTTLS/STLS/AUTH TLS: bytes still held by a shaper (the "go ahead" reply) leave in the clear first."""
         down = self.down
         if down is not None and down.queued:
-            down.when_drained(lambda: self.transport.startTLS(ctx, normal))
+            down.when_drained(lambda: self._start_tls(ctx, normal))
         else:
-            self.transport.startTLS(ctx, normal)
+            self._start_tls(ctx, normal)
+
+    def _start_tls(self, ctx, normal) -> None:
+        self.transport.startTLS(ctx, normal)
+        if self._handshake_timer is None:
+            self._watch_handshake()
+        if self._cut_after is not None:
+            # Twisted puts the TLS layer between the TCP connection and us.
+            self._cut(getattr(self.transport, "protocol", None))
+
+    def cut_handshake(self, after: str) -> None:
+        """``tls_abort``: cut this connection's TLS handshake (now if TLS is already under us, else at STARTTLS)."""
+        self._cut_after = after
+        self._cut(self.transport)
+
+    def _cut(self, tls) -> None:
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+        if isinstance(tls, TLSMemoryBIOProtocol) and not isinstance(tls.transport, HandshakeCut):
+            tls.transport = HandshakeCut(tls.transport, self._cut_after,
+                                         lambda sent: self.seam.record(REPLY, command="TLS handshake", cut=True,
+                                                                       cut_after=self._cut_after, size=sent))
 
     def registerProducer(self, producer, streaming):
         self._watch_backlog(False)
@@ -586,6 +640,39 @@ class FaultingProtocol(ProtocolWrapper):
         self.transport.unregisterProducer()
         if self.factory.watch_backlog:
             self._watch_backlog(True)
+
+
+class HandshakeCut:
+    """Stands in for the raw transport under a TLS layer whose handshake a ``tls_abort`` fault cuts.
+
+    "client_hello": the server reads the client's hello and closes without a
+    word; "server_hello": only the first record of its answer (the
+    ServerHello) goes out, then it closes, mid-flight, whatever the TLS
+    version. The close is a plain FIN: no alert, no close_notify.
+    """
+
+    def __init__(self, inner, after: str, cut: Callable[[int], None]):
+        self.inner = inner
+        self.after = after
+        self.on_cut = cut
+        self.done = False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def writeSequence(self, data):
+        self.write(b"".join(data))
+
+    def write(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.done = True
+        sent = b""
+        if self.after == "server_hello" and len(data) >= 5:
+            sent = data[:5 + int.from_bytes(data[3:5], "big")]  # a TLS record: type, version, length, body
+            self.inner.write(sent)
+        self.on_cut(len(sent))
+        self.inner.loseConnection()
 
 
 class FaultingFactory(WrappingFactory):

@@ -32,7 +32,7 @@ from testbed.servers.ftp.data import DataChannel, DataFaultingProtocol, DataProt
 from testbed.servers.ftp.reply import FTPReply, show as _show
 from testbed.servers.ftp.spec import APPLIES_TO, TRANSFERS
 from testbed.servers.ftp.spec import COMMANDS, FAULT_TEXTS as FAULT_TEXT  # noqa: F401  (tests and docs read them here)
-from testbed.servers.ftp.fs import ChunkedFileSender, files_snapshot, make_shell
+from testbed.servers.ftp.fs import MAX_SEGMENTS, ChunkedFileSender, PathTooDeep, files_snapshot, make_shell
 
 _log = Logger()
 
@@ -49,6 +49,9 @@ _STAT_KEYS = ("size", "directory", "permissions", "hardlinks", "modified", "owne
 _MLST_FACTS = ("type", "size", "modify", "perm")
 _SENDFILE_STEP = 4 * 1024 * 1024
 _SENDFILE_BUDGET = 16 * 1024 * 1024
+#: The largest REST offset a 64-bit file offset can address; the digit count is checked before int().
+_MAX_OFFSET = 2**63 - 1
+_MAX_OFFSET_DIGITS = len(str(_MAX_OFFSET))
 _LONE_LF = re.compile(rb"(?<!\r)\n")
 
 
@@ -268,6 +271,8 @@ class FTPProtocol(DataChannel, ftp.FTP):
     user: str | None = None
     _pending_user: str | None = None
     tls_active = False
+    #: A ``strip_starttls`` fault fired: this connection neither offers nor accepts AUTH TLS.
+    tls_stripped = False
     protected = False
     restart = 0
     _current = ""
@@ -286,6 +291,8 @@ class FTPProtocol(DataChannel, ftp.FTP):
         self.setTimeout(self.factory.timeOut)
         self.seam.guard(True)  # PASS may come at any time (USER starts a new login)
         fault = self.seam.at("connect")
+        if fault is not None and fault.action == "strip_starttls":
+            self.tls_stripped, fault = True, None
         if self._fault_handled(fault, "connect"):
             return
         if fault is not None and not fault.wire:
@@ -392,7 +399,9 @@ class FTPProtocol(DataChannel, ftp.FTP):
         fault = self.seam.at(cmd, **self._attributes(cmd, params))
         if self._fault_handled(fault, cmd):
             return None
-        if fault is not None and not fault.wire:
+        if fault is not None and fault.action == "strip_starttls":
+            self.tls_stripped = True  # the downgrade: AUTH TLS neither offered nor accepted from now on
+        elif fault is not None and not fault.wire:
             if cmd in APPLIES_TO.get(fault.action, ()):
                 self._fault = fault
             else:
@@ -493,6 +502,10 @@ class FTPProtocol(DataChannel, ftp.FTP):
     def _resolve(self, path: str) -> list[str]:
         try:
             return self.shell.segments(self.workingDirectory, path)
+        except PathTooDeep:
+            self.seam.record(ERROR, error="path too deep", command=self._current, segments=path.count("/") + 1,
+                             user=self.user)
+            raise FTPReply(550, f"Path too deep: more than {MAX_SEGMENTS} segments.") from None
         except ftp.InvalidPath:
             raise FTPReply(550, f"{_show(path)}: Permission denied.") from None
 
@@ -554,7 +567,7 @@ class FTPProtocol(DataChannel, ftp.FTP):
     # -- TLS ------------------------------------------------------------------------------------------
 
     def ftp_AUTH(self, mechanism):
-        if self.factory.tls_options is None:
+        if self.factory.tls_options is None or self.tls_stripped:
             return 502, "Command 'AUTH' not implemented."
         if self.tls_active:
             return 503, "Already using TLS."
@@ -564,6 +577,10 @@ class FTPProtocol(DataChannel, ftp.FTP):
         self.respond(234, f"AUTH {mechanism} successful.")
         self.transport.startTLS(self.factory.tls_options())
         self.tls_active = True
+        # RFC 4217 / CVE-2011-0411: plaintext read with AUTH but not yet run would be run inside TLS.
+        if self._buffer:
+            self.seam.record(ERROR, error="command pipelined after AUTH TLS dropped", size=len(self._buffer))
+            self._buffer = b""
         # RFC 4217: a new security exchange starts a new login.
         self.state, self.user, self.shell = self.UNAUTH, None, None
         return None
@@ -589,7 +606,7 @@ class FTPProtocol(DataChannel, ftp.FTP):
     def features(self) -> list[str]:
         features = ["EPRT", "EPSV", "MDTM", "MLST " + "".join(f"{f}*;" for f in _MLST_FACTS), "PASV",
                     "REST STREAM", "SIZE", "TVFS", "UTF8"]
-        if self.factory.tls_options is not None:
+        if self.factory.tls_options is not None and not self.tls_stripped:
             features += ["AUTH TLS", "PBSZ", "PROT"]
         return sorted(features)
 
@@ -703,8 +720,10 @@ class FTPProtocol(DataChannel, ftp.FTP):
 
     def ftp_REST(self, offset):
         offset = offset.strip()
-        if not offset.isdigit():
+        if not (offset.isascii() and offset.isdigit()):
             return 501, "REST needs a non-negative byte offset."
+        if len(offset) > _MAX_OFFSET_DIGITS or int(offset) > _MAX_OFFSET:
+            return 501, "REST offset too large."
         self.restart = int(offset)
         return 350, f"Restarting at {self.restart}. Send STOR or RETR to start the transfer."
 

@@ -19,7 +19,7 @@ from typing import Any, Mapping, NamedTuple
 from urllib.parse import parse_qs
 
 from twisted.internet import defer
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 with warnings.catch_warnings():
     # twisted.web.static builds deprecated error pages at import; we never serve them.
@@ -245,6 +245,129 @@ def _response_of(response: Mapping[str, Any]) -> tuple[int, list[tuple[bytes, by
 
 NO_ROUTE = (404, [(b"Content-Type", b"text/plain")], b"no route\n")
 NOT_FOUND = (404, [(b"Content-Type", b"text/plain")], b"not found\n")
+METHOD_NOT_ALLOWED = (405, [(b"Content-Type", b"text/plain")], b"method not allowed\n")
+
+#: The largest chunk a chunked request body may announce (4 GiB); a bigger size is answered 400.
+MAX_CHUNK_SIZE = 2**32
+#: RFC 9110's reason phrases (Twisted's table lacks 431 and says "Request-URI Too Long").
+_REFUSALS = {414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_RANGE_SPEC = re.compile(rb"\s*([0-9]{0,19})-([0-9]{0,19})\s*")
+
+
+def _readable_range(value: bytes) -> bool:
+    """A ``bytes=`` Range whose every spec is ``first-[last]`` (first <= last) or ``-suffix`` (RFC 9110 14.1.1)."""
+    unit, _, specs = value.partition(b"=")
+    if unit.strip().lower() != b"bytes":
+        return False
+    for spec in specs.split(b","):
+        match = _RANGE_SPEC.fullmatch(spec)
+        if match is None:
+            return False
+        first, last = match.groups()
+        if not first and not last:
+            return False
+        if first and last and int(first) > int(last):
+            return False
+    return True
+
+
+# Bound once: twisted.web.http is a deprecation proxy, and every attribute read through it costs a call.
+_TwistedChunkedDecoder = http._ChunkedTransferDecoder
+_MalformedChunkedDataError = http._MalformedChunkedDataError
+_choose_decoder = http.HTTPChannel._maybeChooseTransferDecoder
+
+
+class _StrictChunkedDecoder(_TwistedChunkedDecoder):
+    """Twisted's chunked decoder, refusing (400) what it would otherwise wait on until the idle timeout.
+
+    Twisted's looks only for CRLF, so LF-only framing ("5\\nhello\\n0\\n\\n") leaves it waiting for more
+    bytes, and it takes any chunk size, so "ffffffffffffffffffffffff" waits for a body no client sends.
+    """
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        lf = self._buffer.find(b"\n")
+        if lf == 0 or (lf > 0 and self._buffer[lf - 1] != 0x0D):
+            raise _MalformedChunkedDataError("chunk size line ends with a bare LF")
+        done = super()._dataReceived_CHUNK_LENGTH()
+        if done and self.length > MAX_CHUNK_SIZE:
+            raise _MalformedChunkedDataError(f"chunk size {self.length} over {MAX_CHUNK_SIZE}")
+        return done
+
+    def _dataReceived_CRLF(self) -> bool:
+        if self._buffer[:1] == b"\n":
+            raise _MalformedChunkedDataError("chunk ends with a bare LF")
+        return super()._dataReceived_CRLF()
+
+
+class TestbedChannel(http.HTTPChannel):
+    """Twisted's HTTPChannel answering bad framing at once, with the right status, journaled.
+
+    Twisted's closes an over-long request line or header line (LineReceiver's MAX_LENGTH) without a word
+    (here 414 or 431), answers too many or too large headers with 400 (here 431), waits for a CRLF that a
+    bare-LF request never sends (here 400), and accepts a second Transfer-Encoding after "chunked", the
+    request-smuggling shape RFC 9112 6.1 says to reject (here 400).
+    """
+
+    seam = NO_SEAM
+    _transfer_encodings = 0
+
+    def _refuse(self, status: int, reason: str) -> None:
+        self.seam.record(ERROR, error="bad request", status=status, reason=reason)
+        if status == 400:
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")  # Twisted's own bytes
+        else:
+            self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                                 % (status, _REFUSALS[status]))
+        self.loseConnection()
+
+    def _respondToBadRequestAndDisconnect(self):
+        # Twisted counts before it calls this: an excess here is what it refused.
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self._refuse(431, "headers over %d bytes" % self.totalHeadersSize)
+        elif self._receivedHeaderCount > self.maxHeaders:
+            self._refuse(431, "more than %d headers" % self.maxHeaders)
+        else:
+            self._refuse(400, "malformed request")
+
+    def _first_line(self) -> bool:
+        return bool(self._HTTPChannel__first_line)
+
+    def dataReceived(self, data):
+        # Two C-level counts on the hot path; the precise look only when some LF lacks its CR.
+        if (self.line_mode and not self._handlingRequest and data.count(b"\n") != data.count(b"\r\n")
+                and self._bare_lf_in_head(data)):
+            self.resetTimeout()
+            self._refuse(400, "bare LF in the request head")
+            return
+        super().dataReceived(data)
+
+    def _bare_lf_in_head(self, data: bytes) -> bool:
+        """A LF without its CR before the end of the request head (what follows it is a body)."""
+        head = self._buffer + data
+        lf = _BARE_LF.search(head)
+        if lf is None:
+            return False
+        end = head.find(b"\r\n\r\n")
+        return end < 0 or lf.start() < end
+
+    def lineLengthExceeded(self, line):
+        self._refuse(414 if self._first_line() else 431, "line over %d bytes" % self.MAX_LENGTH)
+
+    def _maybeChooseTransferDecoder(self, header, data):
+        if header != b"Transfer-Encoding":
+            return _choose_decoder(self, header, data)
+        self._transfer_encodings += 1
+        if self._transfer_encodings > 1:
+            return self._failChooseTransferDecoder()
+        ok = _choose_decoder(self, header, data)
+        if type(self._transferDecoder) is _TwistedChunkedDecoder:
+            self._transferDecoder.__class__ = _StrictChunkedDecoder
+        return ok
+
+    def allHeadersReceived(self):
+        self._transfer_encodings = 0
+        super().allHeadersReceived()
 
 
 class TestbedResource(resource.Resource):
@@ -290,7 +413,9 @@ class TestbedResource(resource.Resource):
             fault = seam.at("request", method=record.method, path=record.path, query=record.query,
                             headers=headers, host=headers.get("host", ""), tls=record.tls)
             if fault is not None and not fault.wire:
-                return self.broken(request, fault, seen)
+                if fault.action != "short_body":
+                    return self.broken(request, fault, seen)
+                cut_after(request, fault.param("bytes"))
         for state in http._runtime_routes[::-1] if http._runtime_routes else ():
             if state.matches(record):
                 return self.respond(request, *state.next_response(), seen)
@@ -299,7 +424,7 @@ class TestbedResource(resource.Resource):
                 return self.respond(request, *state.next_response(), seen)
         if http.static_root is not None:
             return self.static(request, seen)
-        return self.respond(request, *NO_ROUTE, seen)
+        return self.not_found(request, NO_ROUTE, seen)
 
     def journal(self, seen: tuple, **reply: Any) -> None:
         """The request's one event: method, path, query and body size, with the reply's status and size."""
@@ -307,12 +432,19 @@ class TestbedResource(resource.Resource):
         self.http.context.journal.record(COMMAND, self.http.name, conn, command="request", method=record.method,
                                          path=record.path, query=record.raw_query, size=size, **reply)
 
+    def not_found(self, request, answer: tuple, seen: tuple) -> bytes:
+        """``answer`` (a 404), unless this is ``GET /`` and the server has an ``index`` page."""
+        index = self.http.index
+        if index is not None and request.path == b"/" and request.method in (b"GET", b"HEAD"):
+            return self.respond(request, 200, [(b"Content-Type", b"text/html; charset=utf-8")], index, seen)
+        return self.respond(request, *answer, seen)
+
     def respond(self, request, status: int, headers: list[tuple[bytes, bytes]], body: bytes, seen: tuple) -> bytes:
         request.setResponseCode(status)
         set_header = request.responseHeaders.setRawHeaders
         for name, value in headers:
             set_header(name, [value])
-        self.journal(seen, status=status, reply_size=len(body))
+        self.journal(seen, status=status, reply_size=len(body), **_cut_fields(request))
         return body
 
     # -- protocol faults ----------------------------------------------------------
@@ -329,9 +461,6 @@ class TestbedResource(resource.Resource):
         elif action == "bad_chunk":
             transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n"
                             b"5\r\nhello\r\nZZ; not-a-size\r\nbroken\r\n")
-        elif action == "short_body":
-            transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n"
-                            b"only 22 of 100 bytes\r\n")
         self.journal(seen, status=None, broken=action)
         transport.loseConnection()
         return server.NOT_DONE_YET
@@ -340,6 +469,7 @@ class TestbedResource(resource.Resource):
 
     def static(self, request, seen: tuple):
         http = self.http
+        conn = seen[1]
         segments = request.postpath
         reason = None
         names = []
@@ -364,19 +494,73 @@ class TestbedResource(resource.Resource):
                 if not real.startswith(http.static_real + os.sep):
                     reason = "index resolves outside the static root"
         if reason is not None:
-            http.context.journal.record(ERROR, http.name, seen[1], error="path escapes root",
-                                        path=request.path.decode("utf-8", "replace"), reason=reason)
+            http.context.journal.record(ERROR, http.name, conn, error="path escapes root", path=request.path.decode("utf-8", "replace"),
+                                    reason=reason)
             return self.respond(request, *NOT_FOUND, seen)
         if not os.path.isfile(target):
-            return self.respond(request, *NOT_FOUND, seen)
-        self.journal(seen, status=200, file=os.path.relpath(target, http.static_root))
-        return static.File(target).render(request)
+            return self.not_found(request, NOT_FOUND, seen)
+        ranges = request.getHeader(b"range")
+        if ranges is not None and not _readable_range(ranges):
+            # twisted.web.static answers an empty or non-UTF-8 Range with a 500 and a logged traceback.
+            http.context.journal.record(ERROR, http.name, conn, error="bad Range header",
+                                        range=ranges.decode("latin-1")[:200])
+            size = os.path.getsize(target)
+            return self.respond(request, 416, [(b"Content-Range", b"bytes */%d" % size)], b"", seen)
+        file = os.path.relpath(target, http.static_root)
+        try:
+            body = static.File(target).render(request)
+        except resource.UnsupportedMethod as e:
+            # Answered here: twisted.web's own 405 page is a deprecated, unescaped one.
+            request.setHeader(b"Allow", b", ".join(e.allowedMethods))
+            return self.respond(request, *METHOD_NOT_ALLOWED, seen)
+        # File.render has chosen the status by now: 200, 206, 304, 416...
+        self.journal(seen, status=request.code, file=file, **_cut_fields(request))
+        return body
+
+
+def cut_after(request, limit: int | None) -> None:
+    """``short_body``: send this request's real response, but close the connection after ``limit`` body bytes.
+
+    The headers still promise the whole body (its Content-Length, or a
+    range's), so a client sees the connection end early. Without ``limit``,
+    half the promised length goes out.
+    """
+    write = request.write
+    state = {"left": limit}
+
+    def cutting_write(data: bytes) -> None:
+        left = state["left"]
+        if left is None:
+            promised = request.responseHeaders.getRawHeaders(b"content-length")
+            left = int(promised[0]) // 2 if promised else len(data) // 2
+        if left < 0:
+            return
+        if len(data) < left:
+            state["left"] = left - len(data)
+            write(data)
+            return
+        state["left"] = -1
+        write(data[:left])
+        request.channel.transport.loseConnection()
+
+    request.write = cutting_write
+    request.testbed_cut = limit if limit is not None else "half"
+
+
+def _cut_fields(request) -> dict:
+    """What a reply's journal entry adds when ``short_body`` cuts it."""
+    cut = getattr(request, "testbed_cut", None)
+    return {} if cut is None else {"broken": "short_body", "cut_after": cut}
 
 
 class QuietSite(SeamFactory, server.Site):
-    """A Site without the per-request access log line (it cost a third of the throughput)."""
+    """A Site without the per-request access log line (it cost a third of the throughput), on TestbedChannel.
+
+    Only HTTP/1.1 is offered (ALPN), so the channel is served without Twisted's HTTP/2-negotiating wrapper.
+    """
 
     noisy = False
+    protocol = TestbedChannel
 
     def buildProtocol(self, addr, seam=NO_SEAM):
         protocol = server.Site.buildProtocol(self, addr)
@@ -403,6 +587,8 @@ class HTTPServer(Server):
         self._runtime_routes: list[RouteState] = []
         self.static_root = self.context.path(config.static) if config.static else None
         self.static_real = os.path.realpath(self.static_root) if self.static_root else None
+        #: What ``GET /`` answers when no route or static file does (the daemon lists its servers), or None.
+        self.index: bytes | None = None
 
     @defer.inlineCallbacks
     def start(self):

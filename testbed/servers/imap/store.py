@@ -461,6 +461,10 @@ _FLAG_KEYS = {
 _HEADER_KEYS = {b"BCC": "bcc", b"CC": "cc", b"FROM": "from", b"SUBJECT": "subject", b"TO": "to"}
 
 
+#: How deep NOT, OR and parentheses may nest in SEARCH; deeper gets BAD.
+MAX_SEARCH_NESTING = 100
+
+
 class _Tokens:
     def __init__(self, tokens: list):
         self.tokens = tokens
@@ -474,6 +478,8 @@ class _Tokens:
             raise SearchError(f"missing {what}")
         token = self.tokens[self.i]
         self.i += 1
+        if token is None:  # parseNestedParens reads the atom NIL as None
+            raise SearchError(f"expected {what}, got NIL")
         return token
 
     def string(self, what: str) -> str:
@@ -486,21 +492,24 @@ class _Tokens:
 Predicate = Callable[[_SearchContext], bool]
 
 
-def compile_search(tokens: list) -> Predicate:
+def compile_search(tokens: list, depth: int = 0) -> Predicate:
     """A predicate from a parsed search-key list (``imap4.parseNestedParens``); SearchError if bad."""
     stream = _Tokens(tokens)
     keys = []
     while stream.more():
-        keys.append(_search_key(stream))
+        keys.append(_search_key(stream, depth))
     if not keys:
         raise SearchError("empty search")
     return lambda c: all(k(c) for k in keys)
 
 
-def _search_key(stream: _Tokens) -> Predicate:
+def _search_key(stream: _Tokens, depth: int = 0) -> Predicate:
+    # Compiling and evaluating recurse once per level: the bound keeps both far from the recursion limit.
+    if depth > MAX_SEARCH_NESTING:
+        raise SearchError(f"search keys nested deeper than {MAX_SEARCH_NESTING}")
     token = stream.next()
     if isinstance(token, list):
-        return compile_search(token)
+        return compile_search(token, depth + 1)
     word = token.upper()
     if word[:1].isdigit() or word[:1] == b"*":
         _id_set(token, 1)  # reject a malformed set now, not per message
@@ -560,10 +569,10 @@ def _search_key(stream: _Tokens) -> Predicate:
         _id_set(token, 1)
         return lambda c: c.message.stored.uid in _id_set(token, c.last_uid)
     if word == b"NOT":
-        inner = _search_key(stream)
+        inner = _search_key(stream, depth + 1)
         return lambda c: not inner(c)
     if word == b"OR":
-        left, right = _search_key(stream), _search_key(stream)
+        left, right = _search_key(stream, depth + 1), _search_key(stream, depth + 1)
         return lambda c: left(c) or right(c)
     raise SearchError(f"unknown search key {token.decode('ascii', 'replace')!r}")
 
@@ -702,9 +711,27 @@ class SessionMailbox:
         if self.view is None:
             self.box.expunge()
             return []
+        return self._collecting_expunges(self.box.expunge)
+
+    def expunge_uids(self, uids: imap4.MessageSet) -> list[int]:
+        """UID EXPUNGE (RFC 4315): remove the \\Deleted messages among ``uids``; their sequence numbers, to send."""
+        listed = self.messages()
+        uids.last = listed[-1].uid if listed else 0
+        doomed = [m.uid for m in listed if m.uid in uids and "\\Deleted" in m.flags]
+        return self.remove(doomed)
+
+    def remove(self, uids: Iterable[int]) -> list[int]:
+        """Remove the messages ``uids`` whatever their flags (MOVE); their sequence numbers, to send as EXPUNGE."""
+        if not self.writeable:
+            raise ReadOnlyMailbox("[READ-ONLY] Mailbox is read-only")
+        return self._collecting_expunges(lambda: self.box.delete(uids))
+
+    def _collecting_expunges(self, remove: Callable[[], Any]) -> list[int]:
+        # The store's "expunge" events arrive in descending order, so each number
+        # is still right when the EXPUNGE responses go out in that order.
         self._expunged = []
         try:
-            self.box.expunge()
+            remove()
             return self._expunged
         finally:
             self._expunged = None
@@ -806,14 +833,23 @@ def _name(name: str | bytes) -> str:
     return imap4._parseMbox(name) if isinstance(name, bytes) else name
 
 
+#: SPECIAL-USE mailboxes (RFC 6154) every user has: name -> the LIST attribute that marks it.
+SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
+               "Archive": "\\Archive"}
+
+
 @implementer(imap4.IAccount, imap4.INamespacePresenter)
 class Account:
-    """A user's mailboxes in the store."""
+    """A user's mailboxes in the store; the SPECIAL-USE ones are made on first login."""
 
     def __init__(self, store: MailStore, user: str, on_stored: Callable[..., None] | None = None):
         self.store = store
         self.user = user
         self.on_stored = on_stored
+        existing = set(store.list_mailboxes(user))
+        for name in SPECIAL_USE:
+            if name not in existing:
+                store.create_mailbox(user, name)
 
     def stored(self, how: str, mailbox: str, message: StoredMessage) -> None:
         if self.on_stored is not None:
@@ -887,7 +923,10 @@ class Account:
         for name in names:
             if pattern.fullmatch(name):
                 children = any(other.startswith(name + SEPARATOR) for other in names)
-                found.append((name, ListEntry(["\\HasChildren" if children else "\\HasNoChildren"])))
+                attributes = ["\\HasChildren" if children else "\\HasNoChildren"]
+                if name in SPECIAL_USE:
+                    attributes.append(SPECIAL_USE[name])
+                found.append((name, ListEntry(attributes)))
         return found
 
     # INamespacePresenter
@@ -932,5 +971,5 @@ class LoginCredentials(imap4.LOGINCredentials):
         self.challenges = [b"Password:", b"Username:"]
 
 
-__all__ = ["Account", "IMAPMessage", "MailRealm", "Part", "SearchError", "SessionMailbox",
+__all__ = ["Account", "IMAPMessage", "MailRealm", "Part", "SPECIAL_USE", "SearchError", "SessionMailbox",
            "body_structure", "envelope", "imap_date", "parse_imap_date", "portal_for", "wire"]

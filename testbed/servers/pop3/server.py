@@ -39,6 +39,8 @@ _EMPTY_LINE = re.compile(rb"(?:^|\n)\r?\n")
 #: Numbers the APOP timestamps of every listener of the process.
 _MAGIC = itertools.count(1)
 
+#: Commands carrying credentials, refused in the clear when ``require_tls``.
+_CREDENTIALS = frozenset({"USER", "PASS", "APOP", "AUTH"})
 #: Commands valid before login (AUTHORIZATION) and after (TRANSACTION), RFC 1939.
 _AUTHORIZATION = frozenset({"CAPA", "USER", "PASS", "APOP", "AUTH", "STLS", "QUIT"})
 _TRANSACTION = frozenset({"CAPA", "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "NOOP", "RSET", "QUIT"})
@@ -341,6 +343,8 @@ class TestbedPOP3(pop3.POP3):
     _sasl_fault = None
     #: Set by STLS: lines already read in the same packet are plaintext injection, dropped.
     _drop_buffered = False
+    #: A ``strip_starttls`` fault fired: this connection neither offers nor accepts STLS.
+    _tls_stripped = False
 
     # -- connection life ------------------------------------------------------------
 
@@ -352,6 +356,8 @@ class TestbedPOP3(pop3.POP3):
         self.seam.guard(True)  # until a login: PASS, APOP and AUTH carry secrets
         greeting = f"{factory.hostname} POP3 server ready {self.magic.decode('ascii')}"
         fault = self.seam.at("connect", tls=self._tls)
+        if fault is not None and fault.action == "strip_starttls":
+            self._tls_stripped, fault = True, None
         if self._fault_handled(fault, "connect"):
             return
         self._respond(b"+OK", greeting, fault=None if fault is None or fault.wire else fault)
@@ -422,6 +428,8 @@ class TestbedPOP3(pop3.POP3):
         valid = _TRANSACTION if self.mbox is not None else _AUTHORIZATION
         if verb not in valid:
             return self._respond(b"-ERR", "command not valid in this state")
+        if verb in _CREDENTIALS and self._plaintext_refused():
+            return self._respond(b"-ERR", "[AUTH] TLS required: send STLS first")
         low, high = _ARITY[verb]
         if not low <= len(args) <= high:
             return self._respond(b"-ERR", f"syntax error: {verb} takes {_arity_text(low, high)}")
@@ -504,14 +512,21 @@ class TestbedPOP3(pop3.POP3):
 
     # -- AUTHORIZATION ---------------------------------------------------------------------------
 
+    def _plaintext_refused(self) -> bool:
+        return self.factory.config.require_tls and not self._tls
+
     def listCapabilities(self) -> list[bytes]:
         caps = [b"TOP", b"UIDL", b"USER", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING", b"SASL PLAIN"]
-        if self.factory.starttls and not self._tls and self.mbox is None:
+        if self._plaintext_refused():  # RFC 2595 4: no USER (nor SASL) while it would be refused
+            caps = [c for c in caps if c not in (b"USER", b"SASL PLAIN")]
+        if self.factory.starttls and not self._tls and self.mbox is None and not self._tls_stripped:
             caps.append(b"STLS")
         caps.append(b"IMPLEMENTATION " + IMPLEMENTATION)
         return caps
 
     def cmd_CAPA(self, fault):
+        if fault is not None and fault.action == "strip_starttls":
+            self._tls_stripped, fault = True, None  # the downgrade: STLS neither offered nor accepted from now on
         self._respond(b"+OK", "capability list follows", self.listCapabilities(), fault)
 
     def cmd_USER(self, fault, name):
@@ -595,7 +610,7 @@ class TestbedPOP3(pop3.POP3):
         if self._tls:
             return self._respond(b"-ERR", "TLS already active", fault=fault)
         start = getattr(self.transport, "startTLS", None)
-        if not self.factory.starttls or start is None:
+        if not self.factory.starttls or start is None or self._tls_stripped:
             return self._respond(b"-ERR", "STLS not available", fault=fault)
         self._respond(b"+OK", "Begin TLS negotiation", fault=fault)
         if getattr(self.transport, "disconnecting", False):

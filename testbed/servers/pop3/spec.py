@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import attrs
 
-from testbed.faults.rules import THEN, FaultSurface, ReplyStyle
+from testbed.faults.rules import THEN, TLS_ABORT, FaultSurface, ReplyStyle
 from testbed.registry import ListenerSpec, MailListenersConfig, ProtocolSpec
+from testbed.servers.smtp.spec import check_mail_tls
 
 
 @attrs.frozen
 class POP3Config(MailListenersConfig):
-    """POP3 needs nothing beyond its listeners: users and mail come from the scenario's [users] and store."""
+    """POP3's listeners, plus ``require_tls``: users and mail come from the scenario's [users] and store."""
+
+    #: Refuse USER, PASS, APOP and AUTH (and leave USER and SASL out of CAPA) until STLS or on the POP3S port.
+    require_tls: bool = False
 
 
 SPEC = ProtocolSpec(
@@ -29,9 +33,12 @@ SPEC = ProtocolSpec(
             "no_terminator": {},
             "wrong_size": {"delta": int},
             "disconnect": {"bytes": int},
+            "strip_starttls": {},
+            "tls_abort": TLS_ABORT,
         },
         match={"user", "message", "tls"},
-        where={"wrong_size": {"STAT", "LIST", "RETR"}},
+        where={"wrong_size": {"STAT", "LIST", "RETR"}, "strip_starttls": {"connect", "CAPA"},
+               "tls_abort": {"connect", "STLS"}},
         notes={"connect": "before the greeting"},
     ),
     replies=ReplyStyle(code_key=None, default_code="-ERR", default_text="[SYS/TEMP] fault injected by the testbed",
@@ -43,4 +50,5 @@ SPEC = ProtocolSpec(
     server="testbed.servers.pop3.server:POP3Server",
     fixture="pop3_server",
     daemon_defaults={"tls": "starttls"},
+    check=check_mail_tls,
 )

@@ -69,7 +69,8 @@ BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
 NEED_AUTH = frozenset({"MAIL", "RCPT", "DATA"})
 
 _ENHANCED = re.compile(rb"[245]\.\d{1,3}\.\d{1,3}(?: |$)")
-_SIZE = re.compile(rb"(?:^|\s)SIZE=(\d{1,20})(?=\s|$)", re.I)
+_SIZE = re.compile(rb"(?:^|\s)SIZE=([0-9]{1,20})(?=\s|$)", re.I)
+_SIZE_PARAM = re.compile(rb"(?:^|\s)SIZE=", re.I)
 
 #: The enhanced status code (RFC 3463) added to a reply that has none.
 _ENHANCED_FOR = {
@@ -283,6 +284,8 @@ class TestbedSMTP(smtp.ESMTP):
         self._silenced = False
         self._rejecting = False
         self._halt = False
+        #: A ``strip_starttls`` fault fired: this connection neither offers nor accepts STARTTLS.
+        self._tls_stripped = False
         self._overflow = False
         self._helo_seen = self._helo_text = None
         self._mail_from = ""
@@ -363,7 +366,8 @@ class TestbedSMTP(smtp.ESMTP):
         if self._halt or self._silenced:
             return b""
         if len(tail) > self.MAX_LENGTH:
-            self._line_too_long()
+            if not self._overflow:  # still the line refused in an earlier chunk: one reply per line
+                self._line_too_long()
             self._overflow = True
         else:
             self._buffer = tail
@@ -508,7 +512,9 @@ class TestbedSMTP(smtp.ESMTP):
         if self.challengers:
             self.seam.guard(True)  # AUTH's responses carry the credentials
         fault = self.seam.at("connect")
-        if fault is None or fault.wire:
+        if fault is not None and fault.action == "strip_starttls":
+            self._tls_stripped = True
+        if fault is None or fault.wire or self._tls_stripped:
             smtp.SMTP.connectionMade(self)
             return
         peer = self.transport.getPeer()
@@ -534,11 +540,13 @@ class TestbedSMTP(smtp.ESMTP):
         return ext
 
     def _can_start_tls(self) -> bool:
-        return self.config.tls == "starttls" and self.ctx is not None and not self.tls
+        return self.config.tls == "starttls" and self.ctx is not None and not self.tls and not self._tls_stripped
 
     def _hello(self, rest: bytes, stage: str) -> bool:
         """The common part of HELO and EHLO; False when answered already."""
         fault = self.seam.at(stage, **self._attributes(helo=_text(rest)))
+        if fault is not None and fault.action == "strip_starttls":
+            self._tls_stripped = True  # the downgrade: STARTTLS neither offered nor accepted from now on
         if self._fault_handled(fault, stage):
             return False
         if not rest:
@@ -614,6 +622,9 @@ class TestbedSMTP(smtp.ESMTP):
 
     def do_MAIL(self, rest: bytes) -> None:
         size = _SIZE.search(rest)
+        if size is None and _SIZE_PARAM.search(rest):
+            self.sendCode(501, b"5.5.4 Syntax: SIZE=<1 to 20 digits>")  # RFC 1870: size-value = 1*20DIGIT
+            return
         self._declared_size = int(size.group(1)) if size else None
         super().do_MAIL(rest)
 
