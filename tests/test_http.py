@@ -192,7 +192,7 @@ def test_short_body_cuts_the_routes_own_body_under_its_full_length(http_server, 
         with pytest.raises(http.client.IncompleteRead) as cut:
             response.read()
     assert cut.value.partial == b'{"use'
-    (reply,) = testbed.journal.query("reply", server="http")
+    (reply,) = testbed.journal.query("command", server="http")  # the request's event carries its reply
     assert (reply["status"], reply["broken"], reply["cut_after"]) == (200, "short_body", 5)
 
 
@@ -228,7 +228,8 @@ def test_the_journal_reply_of_a_static_file_carries_the_status_sent(http_server,
                 get(urllib.request.Request(url, headers={"Range": "bytes=999999-"}))[0],
                 get(urllib.request.Request(url, data=b"x", method="POST"))[0]]
     assert statuses == [200, 206, 304, 416, 405]
-    assert [e["status"] for e in testbed.journal.query("reply", server="http")] == statuses
+    # Each request's one event carries the status of its reply.
+    assert [e["status"] for e in testbed.journal.query("command", server="http")] == statuses
     assert "GET" in get(urllib.request.Request(url, data=b"x", method="POST"))[2]["Allow"]
 
 

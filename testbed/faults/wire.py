@@ -540,10 +540,11 @@ class FaultingProtocol(ProtocolWrapper):
         try:
             self._unmasked = [journal.record(DATA, self.server, self.conn, direction="up", size=len(data),
                                              payload=keep), 0]
-            if self.up is None:
-                self.wrappedProtocol.dataReceived(data)
-            else:
-                self.up.feed(data)
+            if not self.disconnecting:  # as in dataReceived: a closing connection reads no more lines
+                if self.up is None:
+                    self.wrappedProtocol.dataReceived(data)
+                else:
+                    self.up.feed(data)
         finally:
             self._unmasked = None
             journal.release()

@@ -307,6 +307,8 @@ class TestbedIMAPServer(IMAP4Server):
         return f"Invalid literal size: {size!r}"  # the repr of bytes: Twisted sends the reason as ASCII
 
     def parse_pending(self, line):
+        if self._secret_tag is not None:
+            self.seam.redact(line)
         # The line after a literal may announce the next literal of the same command.
         refusal = self._bad_literal_size(line)
         if refusal is None:
@@ -342,16 +344,6 @@ class TestbedIMAPServer(IMAP4Server):
 
     #: The tag of a LOGIN or AUTHENTICATE under way: its literals and continuation lines are secrets.
     _secret_tag: bytes | None = None
-
-    def rawDataReceived(self, data):
-        if self._secret_tag is not None:
-            self.seam.redact(data)
-        super().rawDataReceived(data)
-
-    def parse_pending(self, line):
-        if self._secret_tag is not None:
-            self.seam.redact(line)
-        super().parse_pending(line)
 
     def connectionMade(self):
         self.seam.guard(True)  # until a login: LOGIN and AUTHENTICATE carry secrets
@@ -425,6 +417,8 @@ class TestbedIMAPServer(IMAP4Server):
         self.setRawMode()
 
     def rawDataReceived(self, data):
+        if self._secret_tag is not None:
+            self.seam.redact(data)  # a literal of LOGIN or AUTHENTICATE
         if not self._discarding:
             return super().rawDataReceived(data)
         taken = min(len(data), self._discarding)
