@@ -49,6 +49,8 @@ class Testbed(service.MultiService):
         ca = CertificateAuthority.load(self.scenario.path(tls.ca_cert), self.scenario.path(tls.ca_key)) if tls.ca_cert else None
         self.tls = ServerTLS(ca, tls.hostnames)
         self._mail = None
+        #: The control API service, when a face attached one (``testbed.control.attach``).
+        self.control = None
         self._writers: list[JSONLWriter] = []
         self.servers: dict[str, Server] = {}
         for entry in self.scenario.servers.enabled():
@@ -69,22 +71,25 @@ class Testbed(service.MultiService):
         """Under twistd: bind every listener now, so a port in use stops the daemon before it runs."""
         super().privilegedStartService()
         failures = []
-        for server in self.servers.values():
-            if server.started is not None:
-                server.started.addErrback(failures.append)
+        for started in self._started():
+            started.addErrback(failures.append)
         if failures:
             failures[0].raiseException()
 
     def start(self) -> defer.Deferred:
         """Start every enabled server; fires with the testbed once all listen (fails with the first error)."""
         self.startService()
-        d = defer.gatherResults([server.started for server in self.servers.values()], consumeErrors=True)
+        d = defer.gatherResults(self._started(), consumeErrors=True)
 
         def failed(failure):
             first = failure.value.subFailure if isinstance(failure.value, defer.FirstError) else failure
             return self.stop().addBoth(lambda _: first)
 
         return d.addCallbacks(lambda _: self, failed)
+
+    def _started(self) -> list[defer.Deferred]:
+        """What fires once each child listens: every server's, and any other child's (the control API)."""
+        return [child.started for child in self if getattr(child, "started", None) is not None]
 
     def stop(self) -> defer.Deferred:
         """Stop every server (and any other child service); fires once all stopped listening."""
@@ -143,8 +148,8 @@ class Testbed(service.MultiService):
         self.journal.add_sink(writer)
 
     def describe(self) -> list[str]:
-        """One line per listener: server, label and address."""
-        return [line for server in self.servers.values() for line in server.describe()]
+        """One line per listener: server, label and address (the control API's too, when it runs)."""
+        return [line for child in self if hasattr(child, "describe") for line in child.describe()]
 
     def call(self, fn, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` in the reactor thread and return its result (directly when already there)."""
