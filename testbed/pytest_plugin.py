@@ -23,6 +23,9 @@ def pytest_addoption(parser):
                     help="TOML scenario for the testbed fixtures (default: every server on ephemeral ports).")
     group.addoption("--testbed-seed", metavar="N", type=int, default=None,
                     help="Seed for every fault decision (default: the scenario's).")
+    group.addoption("--testbed-control", action="store_true", default=False,
+                    help="Serve the control API (and print its URL) for each testbed, on the scenario's "
+                         "[control] listen or a free loopback port.")
 
 
 def _install_reactor(name: str) -> None:
@@ -125,7 +128,6 @@ def _scenario_key(scenario, seed) -> str:
 
 def _bed_for(config, scenario):
     from testbed import config as config_module
-    from testbed.harness import Testbed
 
     seed = config.getoption("testbed_seed")
     key = _scenario_key(scenario, seed)
@@ -137,7 +139,7 @@ def _bed_for(config, scenario):
             parsed = config_module.coerce(scenario)
         from twisted.internet.threads import blockingCallFromThread
 
-        bed = Testbed(parsed, reactor=_state["reactor"], seed=seed)
+        bed = _new_bed(config, parsed, seed)
         try:
             blockingCallFromThread(_state["reactor"], bed.start)
         except Exception:
@@ -147,11 +149,28 @@ def _bed_for(config, scenario):
             import warnings
 
             first = traceback.format_exc()
-            bed = Testbed(parsed, reactor=_state["reactor"], seed=seed)
+            bed = _new_bed(config, parsed, seed)
             blockingCallFromThread(_state["reactor"], bed.start)
             warnings.warn(TestbedStartWarning(f"the testbed for {parsed.source} started on the second try; "
                                               f"the first failed with:\n{first}"))
         _state["beds"][key] = bed
+        if bed.control is not None:
+            capture = config.pluginmanager.getplugin("capturemanager")
+            with capture.global_and_fixture_disabled():
+                print(f"\ntestbed: control API and dashboard at {bed.control.url} ({parsed.source})", flush=True)
+    return bed
+
+
+def _new_bed(config, scenario, seed):
+    """A testbed for ``scenario``, with the control API when ``--testbed-control`` asks for it."""
+    from testbed.harness import Testbed
+
+    bed = Testbed(scenario, reactor=_state["reactor"], seed=seed)
+    if config.getoption("testbed_control"):
+        from testbed import control
+        from testbed.registry import EPHEMERAL
+
+        control.attach(bed, scenario.control.listen or EPHEMERAL)
     return bed
 
 

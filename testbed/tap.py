@@ -36,6 +36,8 @@ class Options(usage.Options):
         ["seed", "s", None, "Seed for every fault decision (default: the scenario's).", int],
         ["journal", "j", None, "Append every journal event to FILE as one JSON line, flushed per event."],
         ["ca-out", None, None, "Write the run's CA certificate (PEM) to FILE, for clients to trust."],
+        ["control", None, None, "Endpoint of the control API (scenario key control.listen; the embedded "
+                                "default scenario uses tcp:2580:interface=127.0.0.1)."],
     ] + [
         [name, None, None, f"Listen endpoint of the {server.upper()} server's "
                            + ("implicit-TLS listener" if key == "tls_listen" else "plain listener")
@@ -56,8 +58,20 @@ class Options(usage.Options):
                                            f"tcp:9000:interface=127.0.0.1, got {endpoint!r} ({e})")
         try:
             self.scenario = self.load_scenario()
+            self.control_listen = self.control_endpoint()
         except config_module.ScenarioError as e:
             raise usage.UsageError(str(e))
+
+    def control_endpoint(self) -> str:
+        """Where the control API listens ("" for nowhere): --control, else the scenario's [control] listen."""
+        control = self.scenario.control
+        if self["control"] is None:
+            return control.listen
+        import attrs
+
+        config_module.check_control(config_module.Checker("--control"), attrs.evolve(control, listen=self["control"]),
+                                    key="--control")
+        return self["control"]
 
     def load_scenario(self) -> config_module.Scenario:
         if self["config"]:
@@ -123,5 +137,9 @@ def makeService(options: Options) -> service.IService:
     bed = Testbed(options.scenario, seed=options["seed"])
     if options["journal"]:
         bed.write_journal(options["journal"])
+    if options.control_listen:
+        from testbed import control
+
+        control.attach(bed, options.control_listen)
     Announcer(bed, options).setServiceParent(bed)
     return bed

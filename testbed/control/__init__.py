@@ -6,10 +6,10 @@ the fault wrapper.
 
 from __future__ import annotations
 
-#: The daemon's control listener unless told otherwise: loopback port 2580, which no peer tool takes by
-#: default (MailHog and Mailpit use 8025, WireMock 8080, Toxiproxy 8474, mountebank 2525, MockServer 1080).
-DEFAULT_PORT = 2580
-DEFAULT_LISTEN = f"tcp:{DEFAULT_PORT}:interface=127.0.0.1"
+from testbed.defaults import CONTROL_PORT
+
+#: Where ``twistd testbed`` without ``--config`` serves the control API (see ``testbed.defaults``).
+DEFAULT_LISTEN = f"tcp:{CONTROL_PORT}:interface=127.0.0.1"
 
 
 def attach(bed, listen: str | None = None):
