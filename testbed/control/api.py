@@ -12,6 +12,7 @@ from twisted.internet import defer
 
 from testbed import registry
 from testbed.control.router import ApiError, Call, Raw, Route
+from testbed.control.sessions import Sessions
 from testbed.control.sse import EventStream, Filter
 from testbed.faults.engine import glob_matches
 from testbed.journal import CLOSE, FAULT, OPEN, STORED, to_json
@@ -39,10 +40,11 @@ def _version() -> str:
 class Api:
     """The testbed-wide handlers over one running testbed."""
 
-    def __init__(self, bed, control, stream: EventStream):
+    def __init__(self, bed, control, stream: EventStream, sessions: Sessions):
         self.bed = bed
         self.control = control
         self.stream = stream
+        self.sessions = sessions
 
     # -- the run ----------------------------------------------------------------
 
@@ -65,8 +67,27 @@ class Api:
         return data
 
     def reset(self, call: Call) -> dict:
-        self.bed._reset()
-        return {"reset": True}
+        session = self.sessions.of(call)
+        if session is not None:
+            self.sessions.reset(session)
+        else:
+            self.bed._reset()
+            self.sessions.clear()
+        return {"reset": True, "session": session.id if session else None}
+
+    # -- sessions -----------------------------------------------------------------
+
+    def open_session(self, call: Call) -> dict:
+        session = self.sessions.create()
+        return {"id": session.id, "header": "X-Testbed-Session", "mail_tag": session.mail_tag,
+                "dns_label": session.id}
+
+    def list_sessions(self, call: Call) -> list[dict]:
+        return [{"id": s.id, "rules": list(s.rules)} for s in self.sessions._open.values()]
+
+    def close_session(self, call: Call) -> dict:
+        self.sessions.close(self.sessions.get(call.params["id"]))
+        return {"closed": call.params["id"]}
 
     def seed(self, call: Call) -> dict:
         body = call.body()
@@ -91,12 +112,17 @@ class Api:
     # -- faults -------------------------------------------------------------------
 
     def faults(self, call: Call) -> list[dict]:
-        return self.bed.faults.stats()
+        session = self.sessions.of(call)
+        stats = self.bed.faults.stats()
+        return stats if session is None else [s for s in stats if s["key"] in session.rules]
 
     def add_fault(self, call: Call) -> dict:
         body = call.body()
         if not isinstance(body, dict):
             raise ApiError(400, "request body: expected a JSON object with the keys of a [[faults]] entry")
+        session = self.sessions.of(call)
+        if session is not None:
+            body = self.sessions.scope(session, body)
         try:
             rule = self.bed.faults.add(**body)
         except ScenarioError as e:
@@ -104,10 +130,18 @@ class Api:
         except TypeError as e:
             raise ApiError(400, f"request body: {e}") from None
         key = self.bed.faults.key_of(rule)
+        if session is not None:
+            session.rules.append(key)
         return {"id": key, "rule": rule.to_dict()}
 
     def clear_faults(self, call: Call) -> dict:
-        self.bed.faults.clear()
+        session = self.sessions.of(call)
+        if session is None:
+            self.bed.faults.clear()
+        else:
+            for key in session.rules:
+                self.bed.faults.remove(key)
+            session.rules = []
         return {"cleared": True}
 
     def remove_fault(self, call: Call) -> dict:
@@ -117,7 +151,7 @@ class Api:
         return {"removed": key}
 
     def fault_stats(self, call: Call) -> dict:
-        stats = self.bed.faults.stats()
+        stats = self.faults(call)
         return {"rules": stats, "fired": sum(s["fired"] for s in stats),
                 "matched": sum(s["matches"] for s in stats)}
 
@@ -127,8 +161,10 @@ class Api:
         kind = call.arg("kind")
         if kind is not None:
             kinds = set(kind.split(","))
-        return self.bed.journal.query(kind=kinds, server=call.arg("server", server),
-                                      conn=call.arg("conn", conn, int), since=call.arg("since", 0, int))
+        events = self.bed.journal.query(kind=kinds, server=call.arg("server", server),
+                                        conn=call.arg("conn", conn, int), since=call.arg("since", 0, int))
+        session = self.sessions.of(call)
+        return events if session is None else self.sessions.events(session, events)
 
     def journal(self, call: Call) -> dict:
         limit = min(call.arg("limit", 100, int), MAX_PAGE)
@@ -145,7 +181,7 @@ class Api:
 
     def connections(self, call: Call) -> list[dict]:
         rows: dict[tuple, dict] = {}
-        for e in self.bed.journal.query(kind=(OPEN, CLOSE, FAULT), server=call.arg("server")):
+        for e in self._query(call, kinds={OPEN, CLOSE, FAULT}):
             if e["conn"] is None:
                 continue
             key = (e["server"], e["conn"])
@@ -167,7 +203,7 @@ class Api:
             conn = int(call.params["conn"])
         except ValueError:
             raise ApiError(400, f"connection number: expected an integer, got {call.params['conn']!r}") from None
-        events = self.bed.journal.query(server=server, conn=conn)
+        events = self._query(call, server=server, conn=conn)
         if not events:
             raise ApiError(404, f"no journal events for connection {conn} of {server!r}")
         return {"server": server, "conn": conn, "events": events}
@@ -179,7 +215,9 @@ class Api:
         except ValueError:
             raise ApiError(400, f"Last-Event-ID/since: expected an event's seq, got {since!r}") from None
         kind = call.arg("kind")
-        wanted = Filter(set(kind.split(",")) if kind else None, call.arg("server"), call.arg("conn", None, int))
+        session = self.sessions.of(call)
+        mine = None if session is None else (lambda e: bool(self.sessions.events(session, [e])))
+        wanted = Filter(set(kind.split(",")) if kind else None, call.arg("server"), call.arg("conn", None, int), mine)
         return self.stream.subscribe(call.request, wanted, since)
 
     # -- waiting ------------------------------------------------------------------------
@@ -192,9 +230,12 @@ class Api:
         conn = call.arg("conn", None, int)
         fields = {_ALIASES.get(k, k): v[0] for k, v in call.args.items() if k not in _WAIT_KEYS and v}
         journal, reactor = self.bed.journal, self.bed.reactor
+        kinds = set(kind.split(","))
+        session = self.sessions.of(call)
 
         def candidates():
-            return journal.query(kind=kind, server=server, conn=conn, since=since)
+            events = journal.query(kind=kinds, server=server, conn=conn, since=since)
+            return events if session is None else self.sessions.events(session, events)
 
         def found():
             return [e for e in candidates() if all(glob_matches(p, e.get(k)) for k, p in fields.items())]
@@ -205,7 +246,7 @@ class Api:
         def check(event=None):
             if d.called:
                 return
-            if event is not None and (event["kind"] != kind or (server and event["server"] != server)):
+            if event is not None and (event["kind"] not in kinds or (server and event["server"] != server)):
                 return
             matching = found()
             if len(matching) >= count:
@@ -276,6 +317,9 @@ def routes(api: Api) -> list[Route]:
         Route("GET", "/scenario", api.scenario, "The running scenario (runtime changes included), JSON or TOML",
               query=("format",)),
         Route("POST", "/reset", api.reset, "The per-test reset: journal, runtime faults, counters, stored items"),
+        Route("POST", "/sessions", api.open_session, "Open a session: its id and the tags that mark its traffic"),
+        Route("GET", "/sessions", api.list_sessions, "The open sessions"),
+        Route("DELETE", "/sessions/{id}", api.close_session, "Reset one session and close it"),
         Route("PUT", "/seed", api.seed, "Set the seed of every fault decision from now on"),
         Route("GET", "/ca.pem", api.ca, "The run's CA certificate, for clients to trust",
               produces="application/x-pem-file"),

@@ -21,8 +21,9 @@ def _contains(needle: str | None, *haystacks: Any) -> bool:
 class Holdings:
     """Handlers over the servers' records and the shared mail store."""
 
-    def __init__(self, bed):
+    def __init__(self, bed, sessions):
         self.bed = bed
+        self.sessions = sessions
 
     def _server(self, call: Call, protocol: str):
         name = call.params["name"]
@@ -37,8 +38,11 @@ class Holdings:
 
     def users(self, call: Call) -> list[dict]:
         store = self.bed.mail
-        return [{"address": user, "can_login": password is not None, "mailboxes": store.list_mailboxes(user),
-                 "messages": len(store.mailbox(user).messages)} for user, password in sorted(store.users.items())]
+        users = store.users
+        session = self.sessions.of(call)
+        shown = sorted(users) if session is None else self.sessions.users(session, sorted(users))
+        return [{"address": user, "can_login": users[user] is not None, "mailboxes": store.list_mailboxes(user),
+                 "messages": len(store.mailbox(user).messages)} for user in shown]
 
     def add_user(self, call: Call) -> dict:
         body = call.body()
@@ -136,12 +140,18 @@ class Holdings:
     # -- SMTP ------------------------------------------------------------------------
 
     def smtp_messages(self, call: Call) -> list[dict]:
-        return [m.to_dict() for m in self._server(call, "smtp").messages]
+        server = self._server(call, "smtp")
+        session = self.sessions.of(call)
+        messages = server.messages if session is None else self.sessions.smtp_messages(session, server)
+        return [m.to_dict() for m in messages]
 
     # -- HTTP ------------------------------------------------------------------------
 
     def requests(self, call: Call) -> list[dict]:
-        return [r.to_dict() for r in self._server(call, "http").requests]
+        server = self._server(call, "http")
+        session = self.sessions.of(call)
+        requests = server.requests if session is None else self.sessions.requests(session, server)
+        return [r.to_dict() for r in requests]
 
     def routes(self, call: Call) -> list[dict]:
         import attrs
@@ -173,7 +183,10 @@ class Holdings:
     # -- DNS -------------------------------------------------------------------------
 
     def queries(self, call: Call) -> list[dict]:
-        return [q.to_dict() for q in self._server(call, "dns").queries]
+        server = self._server(call, "dns")
+        session = self.sessions.of(call)
+        queries = server.queries if session is None else self.sessions.queries(session, server)
+        return [q.to_dict() for q in queries]
 
     def records(self, call: Call) -> dict:
         from twisted.names import dns

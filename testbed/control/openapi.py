@@ -46,7 +46,9 @@ def document(routes: list[Route], version: str) -> dict:
         "info": {"title": "twisted-testbed control API", "version": version,
                  "description": "Drive a running testbed: faults, journal, live events, waits and what each "
                                 "server holds. Mutating calls from another site's pages are refused; with a "
-                                "[control] token every call needs 'Authorization: Bearer TOKEN'."},
+                                "[control] token every call needs 'Authorization: Bearer TOKEN'. A call carrying a session "
+                                "(X-Testbed-Session header or ?session=) sees and changes only that session's "
+                                "journal events, mail, requests, queries and faults."},
         "servers": [{"url": "/api/v1"}],
         "paths": paths,
         "components": {

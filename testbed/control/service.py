@@ -14,6 +14,7 @@ from testbed.control import api as api_module
 from testbed.control import holdings as holdings_module
 from testbed.control.openapi import document, page
 from testbed.control.router import Guard, Route, Router, Scrubber
+from testbed.control.sessions import Sessions
 from testbed.control.sse import EventStream
 
 PREFIX = "/api/v1"
@@ -37,9 +38,11 @@ class ControlService(service.Service):
         self.port = None
         scrub = Scrubber(lambda: {**bed.scenario.users, **bed.mail.users})
         self.stream = EventStream(bed.journal, bed.reactor, scrub)
-        api = api_module.Api(bed, self, self.stream)
+        self.sessions = Sessions(bed)
+        api = api_module.Api(bed, self, self.stream, self.sessions)
+        holdings = holdings_module.Holdings(bed, self.sessions)
         #: The API's routes, relative to /api/v1 (the OpenAPI document lists exactly these).
-        self.api_routes: list[Route] = api_module.routes(api) + holdings_module.routes(holdings_module.Holdings(bed))
+        self.api_routes: list[Route] = api_module.routes(api) + holdings_module.routes(holdings)
         self.api_routes += [Route("GET", "/openapi.json", lambda call: self.openapi, "This document"),
                             Route("GET", "/docs", lambda call: page(self.openapi), "This document, readable",
                                   produces="text/html")]

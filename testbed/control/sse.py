@@ -18,13 +18,15 @@ KEEPALIVE = 15.0
 class Filter:
     """Which events a subscriber wants: kinds, a server, a connection."""
 
-    def __init__(self, kinds: set[str] | None, server: str | None, conn: int | None):
-        self.kinds, self.server, self.conn = kinds, server, conn
+    def __init__(self, kinds: set[str] | None, server: str | None, conn: int | None,
+                 mine: Callable[[dict], bool] | None = None):
+        self.kinds, self.server, self.conn, self.mine = kinds, server, conn, mine
 
     def __call__(self, event: dict) -> bool:
         return ((self.kinds is None or event["kind"] in self.kinds)
                 and (self.server is None or event["server"] == self.server)
-                and (self.conn is None or event["conn"] == self.conn))
+                and (self.conn is None or event["conn"] == self.conn)
+                and (self.mine is None or self.mine(event)))
 
 
 class EventStream:
