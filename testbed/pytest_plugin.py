@@ -26,6 +26,9 @@ def pytest_addoption(parser):
     group.addoption("--testbed-control", action="store_true", default=False,
                     help="Serve the control API (and print its URL) for each testbed, on the scenario's "
                          "[control] listen or a free loopback port.")
+    group.addoption("--testbed-url", metavar="URL", default=None,
+                    help="Use the testbed daemon whose control API is at URL instead of starting servers; each "
+                         "test gets a session of its own (token, if any, from $TESTBED_TOKEN). See docs/remote.md.")
 
 
 def _install_reactor(name: str) -> None:
@@ -181,6 +184,10 @@ class TestbedStartWarning(UserWarning):
 @pytest.fixture
 def testbed(request, testbed_scenario):
     """The running testbed for this test's scenario, reset, with this test's ``fault`` markers added."""
+    url = request.config.getoption("testbed_url")
+    if url:
+        yield from _remote_testbed(request, url)
+        return
     if _state["reactor"] is None:
         pytest.fail("testbed: the reactor thread is not running (is the plugin disabled?)")
     bed = _bed_for(request.config, testbed_scenario)
@@ -190,7 +197,20 @@ def testbed(request, testbed_scenario):
             pytest.fail("@pytest.mark.fault takes keyword arguments only, e.g. fault(server='http', action='reset')")
         bed.call(bed.faults.add, **marker.kwargs)
     request.node._testbed = bed
-    return bed
+    yield bed
+
+
+def _remote_testbed(request, url):
+    """A session of the daemon at ``url`` for this one test, closed (and so reset) after it."""
+    from testbed.remote import RemoteTestbed
+
+    bed = RemoteTestbed(url, token=os.environ.get("TESTBED_TOKEN")).open_session()
+    try:
+        for marker in request.node.iter_markers("fault"):
+            bed.faults.add(**marker.kwargs)
+        yield bed
+    finally:
+        bed.close()
 
 
 def _server_fixture(name: str, fixture_name: str):
