@@ -19,6 +19,13 @@ def twistd(*args, cwd, timeout=20, python=sys.executable):
     return subprocess.run([python, *TWISTD, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+def venv_env():
+    """The environment without PYTHONPATH: the installed venv must import its own copy, not the source tree."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 def curl(*args):
     return subprocess.run(["curl", "-sS", "--max-time", "10", *args], capture_output=True, text=True, timeout=20)
 
@@ -100,9 +107,18 @@ def installed(tmp_path_factory):
 def test_a_non_editable_install_carries_the_twistd_plugin(installed, tmp_path):
     where = subprocess.run([installed, "-c", "import testbed, twisted.plugins.testbed_plugin as p; "
                                              "print(testbed.__file__); print(p.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
+                           capture_output=True, text=True, cwd=tmp_path, timeout=60, env=venv_env())
     package, plugin = where.stdout.split()
     venv_root = str(installed.parent.parent)
     assert package.startswith(venv_root) and plugin.startswith(venv_root), where.stdout
     result = twistd("--help", cwd=tmp_path, python=installed)
     assert re.search(r"^\s+testbed\s", result.stdout, re.M), result.stdout
+
+
+def test_a_non_editable_install_carries_the_dashboard(installed, tmp_path):
+    where = subprocess.run([installed, "-c", "import os, testbed.control.dashboard as d; print(d.FOLDER); "
+                                             "print(sorted(os.listdir(d.FOLDER)))"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=60, env=venv_env())
+    folder, names = where.stdout.splitlines()
+    assert folder.startswith(str(installed.parent.parent)), where.stdout + where.stderr
+    assert names == str(["app.css", "app.js", "index.html"])

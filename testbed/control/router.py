@@ -38,6 +38,7 @@ class Raw:
     body: bytes
     content_type: str
     status: int = 200
+    headers: tuple = ()
 
 
 @attrs.frozen
@@ -227,6 +228,8 @@ class Router(resource.Resource):
         if isinstance(value, Raw):
             request.setResponseCode(value.status)
             request.setHeader("content-type", value.content_type)
+            for name, header in value.headers:
+                request.setHeader(name, header)
             return self._scrubbed(value.body, route)
         request.setHeader("content-type", "application/json")
         return self._scrubbed(encode(value), route)

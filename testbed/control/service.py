@@ -11,6 +11,7 @@ from twisted.internet import defer
 from twisted.web import server
 
 from testbed.control import api as api_module
+from testbed.control import dashboard
 from testbed.control import holdings as holdings_module
 from testbed.control.openapi import document, page
 from testbed.control.router import Guard, Route, Router, Scrubber
@@ -47,7 +48,7 @@ class ControlService(service.Service):
                             Route("GET", "/docs", lambda call: page(self.openapi), "This document, readable",
                                   produces="text/html")]
         routes = [attrs.evolve(r, template=PREFIX + r.template)
-                  for r in self.api_routes] + api_module.root_routes(api)
+                  for r in self.api_routes] + api_module.root_routes(api) + dashboard.routes()
         self.site = QuietSite(Router(routes, Guard(token), scrub), reactor=bed.reactor)
         self.openapi = document(self.api_routes, api_module._version())
 

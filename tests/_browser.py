@@ -1,0 +1,26 @@
+"""Headless Chromium through selenium for the dashboard tests and docs/screenshots.py."""
+
+import shutil
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.support.ui import WebDriverWait
+
+
+def chromium(width=1280, height=860):
+    binary = shutil.which("chromium")
+    driver_path = shutil.which("chromedriver")
+    if not binary or not driver_path:
+        raise AssertionError("chromium and chromedriver are missing: install the Debian packages chromium and "
+                             "chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def wait(driver, condition, timeout=10):
+    """Until ``condition(driver)`` is truthy (selenium polls it); its value."""
+    return WebDriverWait(driver, timeout).until(condition)
