@@ -16,7 +16,7 @@ from email.message import EmailMessage
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "tests")]
 
-from _browser import chromium, wait  # noqa: E402
+from _browser import chromium, click, wait  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 from testbed import control, runtime  # noqa: E402
@@ -72,10 +72,10 @@ def main():
             driver.get(f"{bed.control.url}/#{view}")
             wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#view h2"))
             if view == "mail":
-                wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#inbox tr[data-uid]"))[0].click()
+                click(driver, "#inbox tr[data-uid]")
                 wait(driver, lambda d: d.find_elements(By.ID, "mail-html"))
             if view == "connections":
-                wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-conn="smtp/1"]'))[0].click()
+                click(driver, 'tr[data-conn="smtp/1"]')
                 fault = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#conversation tr.event-fault"))[0]
                 driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", fault)
             path = os.path.join(HERE, "screenshots", f"{view}.png")

@@ -3,6 +3,8 @@
 import shutil
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.common.by import By
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -22,5 +24,21 @@ def chromium(width=1280, height=860):
 
 
 def wait(driver, condition, timeout=10):
-    """Until ``condition(driver)`` is truthy (selenium polls it); its value."""
-    return WebDriverWait(driver, timeout).until(condition)
+    """Until ``condition(driver)`` is truthy (selenium polls it); its value.
+
+    The dashboard redraws live, so an element found a moment ago may be gone: that is one more try.
+    """
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
+
+
+def click(driver, css, text="", timeout=10):
+    """Click the first element matching ``css`` (and containing ``text``) once it is there."""
+
+    def attempt(d):
+        for element in d.find_elements(By.CSS_SELECTOR, css):
+            if text in element.text:
+                element.click()
+                return True
+        return False
+
+    return wait(driver, attempt, timeout)

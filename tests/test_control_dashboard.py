@@ -7,7 +7,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from _browser import chromium, wait
+from _browser import chromium, click, wait
 from _control import Api, start, stop
 
 VIEWS = {"overview": "Overview", "mail": "Mail", "http": "HTTP", "dns": "DNS", "ftp": "FTP",
@@ -42,7 +42,7 @@ def heading(driver):
 
 
 def open_view(driver, view):
-    driver.find_element(By.CSS_SELECTOR, f'#nav a[data-view="{view}"]').click()
+    click(driver, f'#nav a[data-view="{view}"]')
     wait(driver, lambda d: heading(d) == VIEWS[view])
 
 
@@ -64,10 +64,8 @@ def test_a_message_sent_over_smtp_appears_in_the_inbox_without_a_reload(bed, pag
     open_view(page, "mail")
     page.execute_script("window.sameDocument = true")
     send(bed, "live delivery")
-    row = wait(page, lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#inbox tr[data-uid]")
-                                if "live delivery" in r.text])
+    click(page, "#inbox tr[data-uid]", "live delivery")
     assert page.execute_script("return window.sameDocument") is True
-    row[0].click()
     wait(page, lambda d: "live delivery" in d.find_element(By.ID, "mail-reader").text)
     assert "pw-alice-9" not in page.page_source
 
@@ -88,6 +86,6 @@ def test_a_fault_added_through_the_form_fires_and_shows_inline_in_its_connection
     wait(page, lambda d: d.find_element(By.CSS_SELECTOR, 'tr[data-rule="runtime:1"] .fired').text == "1")
 
     open_view(page, "connections")
-    wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-conn="smtp/1"]'))[0].click()
-    fault = wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#conversation tr.event-fault.fault-fired"))[0]
-    assert "reply at RCPT by rule runtime:1" in fault.text
+    click(page, 'tr[data-conn="smtp/1"]')
+    wait(page, lambda d: "reply at RCPT by rule runtime:1" in
+         d.find_element(By.CSS_SELECTOR, "#conversation tr.event-fault.fault-fired").text)
