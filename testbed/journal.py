@@ -104,6 +104,11 @@ class Journal:
     def __len__(self) -> int:
         return len(self._events)
 
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the newest event recorded (0 before any); it survives ``clear``."""
+        return self._seq
+
     def __iter__(self) -> Iterator[dict]:
         return iter(list(self._events))
 

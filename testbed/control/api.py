@@ -173,7 +173,7 @@ class Api:
         events = self._query(call)
         page = events[:limit]
         return {"events": page, "next": page[-1]["seq"] if len(events) > limit else None,
-                "last_seq": self.bed.journal._seq}
+                "last_seq": self.bed.journal.last_seq}
 
     def journal_jsonl(self, call: Call) -> Raw:
         return Raw("".join(to_json(e) + "\n" for e in self._query(call)).encode("utf-8"),

@@ -52,7 +52,7 @@ class Sessions:
     # -- life ------------------------------------------------------------------------
 
     def create(self) -> Session:
-        session = Session("s" + secrets.token_hex(5), since=self.bed.journal._seq)
+        session = Session("s" + secrets.token_hex(5), since=self.bed.journal.last_seq)
         self._open[session.id] = session
         return session
 
@@ -82,7 +82,7 @@ class Sessions:
             for name in store.list_mailboxes(user):
                 box = store.mailbox(user, name)
                 box.delete([m.uid for m in box.messages])
-        session.since = self.bed.journal._seq
+        session.since = self.bed.journal.last_seq
 
     def close(self, session: Session) -> None:
         self.reset(session)
@@ -92,7 +92,7 @@ class Sessions:
         """The whole testbed was reset: every session starts over (their rules went with it)."""
         for session in self._open.values():
             session.rules = []
-            session.since = self.bed.journal._seq
+            session.since = self.bed.journal.last_seq
 
     # -- what a session sees -------------------------------------------------------------
 

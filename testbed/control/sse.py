@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.web import server
+from zope.interface import implementer
 
 from testbed.journal import Journal, jsonable
 
@@ -32,19 +34,44 @@ class Filter:
                 and (self.mine is None or self.mine(event)))
 
 
+@implementer(IPushProducer)
+class Subscriber:
+    """One SSE client. As the producer of its response, it hears when the client falls behind: it is then
+    skipped, and caught up from the journal once the transport drains, so a slow client costs no memory."""
+
+    def __init__(self, request: server.Request, wanted: Filter, last: int):
+        self.request = request
+        self.wanted = wanted
+        #: Every event up to this seq has been sent (or was not wanted).
+        self.last = last
+        self.paused = False
+        self.behind = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+
 class EventStream:
     """Fans journal events out to every connected SSE client.
 
     Recording only queues the event; every ``BATCH`` seconds the queue is encoded (each event once) and
     written to each subscriber in one write, so a busy server pays little for a watching dashboard.
+    With no subscriber there is no sink on the journal at all.
     """
 
     def __init__(self, journal: Journal, reactor, scrub: Callable[[str], str]):
         self.journal = journal
         self.reactor = reactor
         self.scrub = scrub
-        self._subscribers: list[tuple[server.Request, Filter]] = []
+        self._subscribers: list[Subscriber] = []
         self._pending: list[dict] = []
+        self._sink = self._pending.append
         self._flush_call = None
         self._keepalive = None
 
@@ -55,40 +82,55 @@ class EventStream:
     def subscribe(self, request: server.Request, wanted: Filter, since: int) -> Any:
         request.setHeader("content-type", "text/event-stream")
         request.setHeader("cache-control", "no-cache")
-        backlog = [e for e in self.journal.query(since=since) if wanted(e)]
-        request.write(b"retry: 1000\n\n" + self.scrub("".join(_frame(e) for e in backlog)).encode("utf-8"))
-        entry = (request, wanted)
+        subscriber = Subscriber(request, wanted, since)
+        request.registerProducer(subscriber, True)
+        request.write(b"retry: 1000\n\n" + self._catch_up(subscriber))
         if not self._subscribers:
-            self._sink = self._pending.append
             self.journal.add_sink(self._sink)
             self._keepalive = self.reactor.callLater(KEEPALIVE, self._ping)
-        self._subscribers.append(entry)
-        request.notifyFinish().addBoth(lambda _: self._leave(entry))
-        if self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self._flush)
+            self._flush_call = self.reactor.callLater(BATCH, self._flush)
+        self._subscribers.append(subscriber)
+        request.notifyFinish().addBoth(lambda _: self._leave(subscriber))
         return server.NOT_DONE_YET
 
+    def _catch_up(self, subscriber: Subscriber) -> bytes:
+        events = [e for e in self.journal.query(since=subscriber.last) if subscriber.wanted(e)]
+        subscriber.last = self.journal.last_seq
+        subscriber.behind = False
+        return self.scrub("".join(_frame(e) for e in events)).encode("utf-8")
+
     def _flush(self) -> None:
-        pending, self._pending[:] = list(self._pending), []
-        if pending:
-            frames = [(event, _frame(event)) for event in pending]
-            for request, wanted in self._subscribers:
-                text = "".join(frame for event, frame in frames if wanted(event))
-                if text:
-                    request.write(self.scrub(text).encode("utf-8"))
-        self._flush_call = self.reactor.callLater(BATCH, self._flush) if self._subscribers else None
+        pending = list(self._pending)
+        del self._pending[:]
+        frames = [(event, _frame(event)) for event in pending]
+        for subscriber in self._subscribers:
+            if subscriber.paused:
+                subscriber.behind = subscriber.behind or bool(pending)
+                continue
+            if subscriber.behind:
+                data = self._catch_up(subscriber)
+            else:
+                wanted, last = subscriber.wanted, subscriber.last
+                text = "".join(frame for event, frame in frames if event["seq"] > last and wanted(event))
+                data = self.scrub(text).encode("utf-8") if text else b""
+                if pending:
+                    subscriber.last = max(last, pending[-1]["seq"])
+            if data:
+                subscriber.request.write(data)
+        self._flush_call = self.reactor.callLater(BATCH, self._flush)
 
     def _ping(self) -> None:
-        for request, _ in self._subscribers:
-            request.write(b": keep-alive\n\n")
+        for subscriber in self._subscribers:
+            if not subscriber.paused:
+                subscriber.request.write(b": keep-alive\n\n")
         self._keepalive = self.reactor.callLater(KEEPALIVE, self._ping)
 
-    def _leave(self, entry) -> None:
-        if entry in self._subscribers:
-            self._subscribers.remove(entry)
+    def _leave(self, subscriber: Subscriber) -> None:
+        if subscriber in self._subscribers:
+            self._subscribers.remove(subscriber)
         if not self._subscribers:
             self.journal.remove_sink(self._sink)
-            self._pending[:] = []
+            del self._pending[:]
             for call in (self._keepalive, self._flush_call):
                 if call is not None and call.active():
                     call.cancel()
@@ -96,8 +138,9 @@ class EventStream:
 
     def close(self) -> None:
         """Stop every stream (the service is stopping)."""
-        for request, _ in list(self._subscribers):
-            request.finish()
+        for subscriber in list(self._subscribers):
+            subscriber.request.unregisterProducer()
+            subscriber.request.finish()
 
 
 def _plain(value: Any) -> Any:
