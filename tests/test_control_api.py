@@ -251,6 +251,13 @@ def test_a_token_guards_every_request():
         assert Api(bed.control.url).get("/metrics")[0] == 401
         good = Api(bed.control.url + "/api/v1", headers={"Authorization": "Bearer t0k3n"})
         assert good.get("/info")[0] == 200
+        assert Api(bed.control.url).get("/?token=wrong")[0] == 401
+        # A browser opens the dashboard once with the token; the cookie it gets carries it from then on.
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with opener.open(bed.control.url + "/?token=t0k3n", timeout=10) as response:
+            assert response.status == 200 and "HttpOnly" in response.headers["set-cookie"]
+        with opener.open(bed.control.url + "/api/v1/info", timeout=10) as response:
+            assert response.status == 200
     finally:
         stop(bed)
 

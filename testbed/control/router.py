@@ -106,17 +106,35 @@ class Call:
         return value if value is None else str(value)
 
 
+#: The cookie a browser keeps the token in, once it opened the dashboard as ``/?token=TOKEN``.
+COOKIE = b"testbed-token"
+
+
 class Guard:
-    """Who may call: a bearer token when one is set; no cross-site browser request may change anything."""
+    """Who may call: a bearer token when one is set; no cross-site browser request may change anything.
+
+    A browser cannot send the header from the dashboard's EventSource, so opening ``/?token=TOKEN`` stores
+    the token in a same-site, script-less cookie that later requests carry instead.
+    """
 
     def __init__(self, token: str = ""):
         self.token = token
 
+    def _is_token(self, given: bytes | str | None) -> bool:
+        if isinstance(given, str):
+            given = given.encode("utf-8")
+        return given is not None and hmac.compare_digest(given, self.token.encode("utf-8"))
+
     def check(self, request: server.Request) -> None:
         if self.token:
-            given = (request.getHeader("authorization") or "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-                raise ApiError(401, "this control API needs 'Authorization: Bearer TOKEN' ([control] token)")
+            bearer = request.getHeader("authorization") or ""
+            if not (bearer.startswith("Bearer ") and self._is_token(bearer[7:])) \
+                    and not self._is_token(request.getCookie(COOKIE)):
+                offered = (request.args.get(b"token") or [None])[0]
+                if request.path != b"/" or not self._is_token(offered):
+                    raise ApiError(401, "this control API needs 'Authorization: Bearer TOKEN' ([control] token); "
+                                        "a browser opens /?token=TOKEN once")
+                request.addCookie(COOKIE, self.token.encode("utf-8"), path=b"/", httpOnly=True, sameSite="strict")
         if request.method.decode("ascii", "replace") in MUTATING and not same_origin(request):
             raise ApiError(403, "cross-site requests may not change the testbed (Origin or Sec-Fetch-Site "
                                 "names another site)")
