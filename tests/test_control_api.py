@@ -184,8 +184,13 @@ def test_smtp_http_dns_and_ftp_holdings(bed, api):
     assert api.post("/servers/http/routes", {"path": "/api/*", "status": 201, "body": "made"})[0] == 200
     with urllib.request.urlopen(http_server.url + "/api/x", timeout=10) as response:
         assert response.status == 201 and response.read() == b"made"
+    try:
+        urllib.request.urlopen(urllib.request.Request(http_server.url + "/ping", method="POST"), timeout=10)
+    except urllib.error.HTTPError as e:
+        assert e.code == 404
     requests = api.get("/servers/http/requests")[1]
-    assert [r["path"] for r in requests] == ["/api/x"]
+    assert [(r["path"], r["matched"]) for r in requests] == [("/api/x", "GET /api/*"), ("/ping", None)]
+    assert requests[1]["near_miss"] == {"route": "GET /ping", "missed": ["method"]}
     routes = api.get("/servers/http/routes")[1]
     assert [(r["path"], r["hits"], r["runtime"]) for r in routes] == [("/ping", 0, False), ("/api/*", 1, True)]
     assert api.post("/servers/http/routes", {"path": "/x", "status": "two"})[0] == 400

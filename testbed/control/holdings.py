@@ -18,6 +18,44 @@ def _contains(needle: str | None, *haystacks: Any) -> bool:
     return any(needle in str(h).lower() for h in haystacks if h is not None)
 
 
+def _route_name(state) -> str:
+    return f"{state.route.method} {state.route.path}"
+
+
+def _misses(state, request) -> list[str]:
+    """What keeps ``state``'s route from answering ``request``: method, path, query, headers, body."""
+    missed = []
+    if state.method != "*" and state.method != request.method:
+        missed.append("method")
+    if not state.path(request.path):
+        missed.append("path")
+    query = request.query
+    if any(not any(match(v) for v in query.get(key, [])) for key, match in state.query):
+        missed.append("query")
+    headers = request.headers
+    if any(headers.get(name) is None or not match(headers[name]) for name, match in state.headers):
+        missed.append("headers")
+    if state.body_contains and state.body_contains not in request.body:
+        missed.append("body")
+    return missed
+
+
+def _route_report(states, request, static: bool) -> dict:
+    """The route that answers ``request`` under the routes as they are now, or the nearest miss and why.
+
+    Routes changed since the request arrived are judged as they are now.
+    """
+    nearest = None
+    for state in states:
+        missed = _misses(state, request)
+        if not missed:
+            return {"matched": _route_name(state), "near_miss": None}
+        if nearest is None or len(missed) < len(nearest[1]):
+            nearest = (state, missed)
+    miss = None if nearest is None else {"route": _route_name(nearest[0]), "missed": nearest[1]}
+    return {"matched": "static files" if static else None, "near_miss": miss}
+
+
 class Holdings:
     """Handlers over the servers' records and the shared mail store."""
 
@@ -151,7 +189,9 @@ class Holdings:
         server = self._server(call, "http")
         session = self.sessions.of(call)
         requests = server.requests if session is None else self.sessions.requests(session, server)
-        return [r.to_dict() for r in requests]
+        # In the server's order: the newest runtime route first, then the scenario's.
+        states = server._runtime_routes[::-1] + server._scenario_routes
+        return [dict(r.to_dict(), **_route_report(states, r, server.static_root is not None)) for r in requests]
 
     def routes(self, call: Call) -> list[dict]:
         import attrs

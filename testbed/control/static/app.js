@@ -101,9 +101,11 @@ const views = {
     for (const name of servers) {
       const [requests, routes] = await Promise.all([api(`/servers/${name}/requests`), api(`/servers/${name}/routes`)]);
       parts.push(el("h3", {}, `${name}: requests`),
-        table(["conn", "method", "path", "query", "size", "tls"], requests.map((r) =>
+        table(["conn", "method", "path", "query", "size", "tls", "matched"], requests.map((r) =>
           el("tr", {}, el("td", {}, r.conn), el("td", {}, r.method), el("td", {}, el("code", {}, r.path)),
-            el("td", {}, r.query), el("td", {}, r.size), el("td", {}, r.tls ? "yes" : "")))),
+            el("td", {}, r.query), el("td", {}, r.size), el("td", {}, r.tls ? "yes" : ""),
+            el("td", { class: r.matched ? "" : "fault-held" }, r.matched ? r.matched : r.near_miss
+              ? `no route; nearest ${r.near_miss.route} (differs in ${r.near_miss.missed.join(", ")})` : "no route")))),
         el("h3", {}, `${name}: routes`),
         table(["method", "path", "status", "hits", "added"], routes.map((r) =>
           el("tr", {}, el("td", {}, r.method), el("td", {}, el("code", {}, r.path)), el("td", {}, r.status),
