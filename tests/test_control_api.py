@@ -163,6 +163,9 @@ def test_mail_users_messages_search_parts_and_delete(bed, api):
     assert api.get(base + "/messages/latest")[0] == 404
     assert api.post("/mail/users", {"address": "carol@example.test", "password": "pw-carol-1"})[0] == 200
     assert api.post("/mail/users", {"address": "nobody"})[0] == 400
+    assert api.delete("/mail/users/carol@example.test")[1] == {"removed": "carol@example.test"}
+    assert "carol@example.test" not in [u["address"] for u in api.get("/mail/users")[1]]
+    assert api.delete("/mail/users/carol@example.test")[0] == 404
 
 
 def test_passwords_never_appear_in_any_response(bed, api):

@@ -97,6 +97,13 @@ class Holdings:
             raise ApiError(400, f"request body: address: {e}") from None
         return {"address": address.lower(), "can_login": password is not None}
 
+    def remove_user(self, call: Call) -> dict:
+        try:
+            self.bed.mail.remove_user(call.params["user"])
+        except (KeyError, ValueError):
+            raise ApiError(404, f"no user {call.params['user']!r}") from None
+        return {"removed": call.params["user"].lower()}
+
     def _mailbox(self, call: Call):
         try:
             return self.bed.mail.mailbox(call.params["user"], call.arg("mailbox", "INBOX"))
@@ -324,6 +331,7 @@ def routes(h: Holdings) -> list[Route]:
     return [
         Route("GET", "/mail/users", h.users, "Mail users (never their passwords)"),
         Route("POST", "/mail/users", h.add_user, "Add a user (address, password; null: cannot log in)"),
+        Route("DELETE", user, h.remove_user, "Remove a user with its mailboxes (scenario users return at reset)"),
         Route("GET", user + "/mailboxes", h.mailboxes, "A user's mailboxes"),
         Route("GET", user + "/messages", h.messages, "A user's messages, searched by from/to/subject/text",
               query=search),
