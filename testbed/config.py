@@ -9,7 +9,9 @@ its table turns it off, so an empty scenario runs every default server.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 import typing
 from typing import Any, Iterator, Mapping
@@ -189,9 +191,6 @@ def _check_servers(checker: Checker, scenario: Scenario) -> None:
 
 def loopback_endpoint(endpoint: str) -> bool:
     """Whether a TCP endpoint string binds only loopback (no ``interface=`` binds every interface)."""
-    import ipaddress
-    import re
-
     interface = ""
     for part in re.split(r"(?<!\\):", endpoint)[2:]:
         if part.startswith("interface="):

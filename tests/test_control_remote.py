@@ -1,5 +1,6 @@
 """RemoteTestbed over a real control listener, and pytest --testbed-url: parallel xdist workers stay apart."""
 
+import re
 import smtplib
 import ssl
 import subprocess
@@ -95,3 +96,19 @@ def test_two_xdist_workers_sharing_one_daemon_never_see_each_others_mail_or_faul
         daemon.stop()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_pytest_testbed_control_serves_the_api_and_prints_its_url(tmp_path):
+    (tmp_path / "test_one.py").write_text(textwrap.dedent('''
+        import json, urllib.request
+
+        def test_it(testbed, smtp_server):
+            with urllib.request.urlopen(testbed.control.url + "/api/v1/info") as response:
+                info = json.load(response)
+            assert {"server": "smtp", "protocol": "smtp", "label": "smtp",
+                    "url": f"smtp://127.0.0.1:{smtp_server.port}", "tls": False} in info["listeners"]
+    '''))
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--testbed-control",
+                             "test_one.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"testbed: control API and dashboard at http://127\.0\.0\.1:\d+ ", result.stdout), result.stdout

@@ -10,7 +10,7 @@ import functools
 import mimetypes
 import os
 
-from testbed.control.router import ApiError, Call, Raw, Route
+from testbed.control.router import ApiError, Raw, Route
 
 FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
