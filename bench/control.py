@@ -27,7 +27,12 @@ import argparse  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 
-KINDS = {"off": "testbed http, control API off", "on": "testbed http, control API on + 1 SSE subscriber"}
+KINDS = {"off": "testbed http, control API off",
+         "on": "API on, 1 SSE subscriber (every event)",
+         "dashboard": "API on, 1 SSE subscriber (the dashboard's kinds)"}
+
+#: What the dashboard subscribes to (testbed/control/static/app.js): no data events.
+DASHBOARD_KINDS = "connection.open,connection.close,stored,fault,command"
 
 
 def serve(kind):
@@ -37,7 +42,7 @@ def serve(kind):
     from testbed.harness import Testbed
 
     bed = Testbed(_http._testbed_scenario(), reactor=reactor)
-    if kind == "on":
+    if kind != "off":
         from testbed import control
 
         control.attach(bed, "tcp:0:interface=127.0.0.1")
@@ -58,14 +63,15 @@ def serve(kind):
     reactor.run()
 
 
-def subscribe(port):
-    """One SSE client on the whole journal: curl, writing what it receives to a file (C, so the client's own
-    CPU use stays small next to the server's); returns the process and the file."""
+def subscribe(port, kinds=None):
+    """One SSE client (of ``kinds``, or every event): curl, writing what it receives to a file (C, so the
+    client's own CPU use stays small next to the server's); returns the process and the file."""
     import subprocess
     import tempfile
 
     sink = tempfile.TemporaryFile()
-    proc = subprocess.Popen(["curl", "-sN", f"http://127.0.0.1:{port}/api/v1/events"], stdout=sink)
+    query = f"?kind={kinds}" if kinds else ""
+    proc = subprocess.Popen(["curl", "-sN", f"http://127.0.0.1:{port}/api/v1/events{query}"], stdout=sink)
     return proc, sink
 
 
@@ -84,13 +90,14 @@ def main(argv=None):
     duration, warmup = max(1, round(args.duration)), max(1, round(args.warmup))
     load = os.getloadavg()[0]
     procs, ports, rates = [], {}, {kind: [] for kind in KINDS}
-    subscriber = sink = None
+    subscribers = {}
     try:
         for kind in KINDS:
             proc, ports[kind] = _servers.start(os.path.abspath(__file__), kind)
             procs.append(proc)
-            if kind == "on":
-                subscriber, sink = subscribe(int(proc.stdout.readline()))
+            if kind != "off":
+                subscribers[kind] = subscribe(int(proc.stdout.readline()),
+                                              DASHBOARD_KINDS if kind == "dashboard" else None)
         for kind in KINDS:
             url = f"http://127.0.0.1:{ports[kind]}{_http.PATH}"
             _http.check(url)
@@ -103,17 +110,20 @@ def main(argv=None):
                 print(f"  round {round_ + 1}, {label}: {rps:,.0f} req/s", file=sys.stderr, flush=True)
     finally:
         _servers.stop(procs)
-        if subscriber is not None:
+        for subscriber, _ in subscribers.values():
             subscriber.terminate()
             subscriber.wait(5)
-    off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
+    off = statistics.median(rates["off"])
     print(f"\nwrk -t1 -c{args.connections} -d{duration}s, {args.rounds} alternating rounds, GET {_http.PATH}, "
           f"127.0.0.1, {os.cpu_count()} CPUs, load average {load:.2f} before the run")
-    print(f"{KINDS['off']:<50} {off:>10,.0f} req/s  1.00")
-    print(f"{KINDS['on']:<50} {on:>10,.0f} req/s  {on / off:.2f}")
-    sink.seek(0, os.SEEK_END)
-    print(f"(the subscriber received {sink.tell() / 1e6:,.1f} MB of events)")
-
+    for kind, label in KINDS.items():
+        rate = statistics.median(rates[kind])
+        received = ""
+        if kind in subscribers:
+            sink = subscribers[kind][1]
+            sink.seek(0, os.SEEK_END)
+            received = f"  (subscriber got {sink.tell() / 1e6:,.1f} MB)"
+        print(f"{label:<52} {rate:>10,.0f} req/s  {rate / off:.2f}{received}")
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ and exported as JSON Lines.
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import threading
 import time
@@ -124,9 +125,10 @@ class Journal:
         """
         kinds = {kind} if isinstance(kind, str) else (set(kind) if kind is not None else None)
         out = []
-        for e in list(self._events):
-            if e["seq"] <= since:
-                continue
+        events = self._events
+        # Events are in seq order: start after ``since`` without walking (or copying) what came before.
+        start = bisect.bisect_right(events, since, key=_seq_of) if since else 0
+        for e in events[start:]:
             if kinds is not None and e["kind"] not in kinds:
                 continue
             if server is not None and e["server"] != server:
@@ -172,6 +174,10 @@ class Journal:
                     self._changed.wait(min(remaining, 0.5))
             finally:
                 self._waiters -= 1
+
+
+def _seq_of(event: dict) -> int:
+    return event["seq"]
 
 
 def bounded(items: list, limit: int) -> None:

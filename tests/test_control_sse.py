@@ -28,7 +28,7 @@ class Request(DummyRequest):
 
 def stream():
     journal, clock = Journal(), Clock()
-    return journal, clock, EventStream(journal, clock, lambda text: text.replace("hunter2", "[password]"))
+    return journal, clock, EventStream(journal, clock, lambda data: data.replace(b"hunter2", b"[password]"))
 
 
 def test_no_subscriber_no_sink_and_events_go_out_in_one_batch():

@@ -153,23 +153,28 @@ def same_origin(request: server.Request) -> bool:
 
 
 class Scrubber:
-    """Takes every known password (and its AUTH PLAIN/LOGIN encodings) out of an answer."""
+    """Takes every known password (and its AUTH PLAIN/LOGIN encodings) out of an answer's bytes."""
 
     def __init__(self, secrets: Callable[[], dict[str, str | None]]):
         self._secrets = secrets
 
-    def __call__(self, text: str) -> str:
+    def forms(self) -> list[bytes]:
+        """Every way a known password shows in journal data, longest first."""
         import base64
 
+        forms = set()
         for user, password in self._secrets().items():
             if not password:
                 continue
-            forms = {password}
+            forms.add(password.encode("utf-8"))
             for blob in (f"\0{user}\0{password}", f"{user}\0{user}\0{password}", password):
-                forms.add(base64.b64encode(blob.encode()).decode())
-            for form in sorted(forms, key=len, reverse=True):
-                text = text.replace(form, "[password]")
-        return text
+                forms.add(base64.b64encode(blob.encode("utf-8")))
+        return sorted(forms, key=len, reverse=True)
+
+    def __call__(self, data: bytes) -> bytes:
+        for form in self.forms():
+            data = data.replace(form, b"[password]")
+        return data
 
 
 def encode(data: Any) -> bytes:
@@ -181,7 +186,7 @@ class Router(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, routes: list[Route], guard: Guard, scrub: Callable[[str], str]):
+    def __init__(self, routes: list[Route], guard: Guard, scrub: Callable[[bytes], bytes]):
         super().__init__()
         self.routes = routes
         self.guard = guard
@@ -238,9 +243,7 @@ class Router(resource.Resource):
         raise ApiError(404, f"no such endpoint: /{'/'.join(segments)}")
 
     def _scrubbed(self, body: bytes, route: Route | None) -> bytes:
-        if route is None or not route.scrub:
-            return body
-        return self.scrub(body.decode("utf-8", "replace")).encode("utf-8")
+        return self.scrub(body) if route is not None and route.scrub else body
 
     def answer(self, request: server.Request, value: Any, route: Route | None = None) -> bytes:
         if isinstance(value, Raw):
