@@ -195,7 +195,7 @@ def test_smtp_http_dns_and_ftp_holdings(bed, api):
     assert [(r["path"], r["matched"]) for r in requests] == [("/api/x", "GET /api/*"), ("/ping", None)]
     assert requests[1]["near_miss"] == {"route": "GET /ping", "missed": ["method"]}
     routes = api.get("/servers/http/routes")[1]
-    assert [(r["path"], r["hits"], r["runtime"]) for r in routes] == [("/ping", 0, False), ("/api/*", 1, True)]
+    assert [(r["path"], r["hits"], r["runtime"]) for r in routes] == [("/api/*", 1, True), ("/ping", 0, False)]
     assert api.post("/servers/http/routes", {"path": "/x", "status": "two"})[0] == 400
     assert api.delete("/servers/http/routes")[1] == {"removed": 1}
 

@@ -56,7 +56,7 @@ def test_the_exported_scenario_runs_the_same_servers_routes_records_and_faults(t
     finally:
         second.stop()
     assert again == exported
-    assert [r["path"] for r in again["servers"]["http"]["routes"]] == ["/ping", "/added"]
+    assert [r["path"] for r in again["servers"]["http"]["routes"]] == ["/added", "/ping"]  # the order they are tried
     assert again["servers"]["dns"]["records"] == {"app.example.test": {"A": "10.1.2.3"}}
     assert [(f["server"], f["action"]) for f in again["faults"]] == [("smtp", "reply"), ("http", "reply")]
     assert again["seed"] == 5 and again["servers"]["pop3"]["enabled"] is False

@@ -71,7 +71,7 @@ class Api:
         if session is not None:
             self.sessions.reset(session)
         else:
-            self.bed._reset()
+            self.bed.reset()
             self.sessions.clear()
         return {"reset": True, "session": session.id if session else None}
 
@@ -294,7 +294,7 @@ class Api:
                                    ("testbed_stored_total", "stored", "Items stored (messages, uploads...)")):
             lines += [f"# HELP {metric} {help_} since the last reset.", f"# TYPE {metric} counter"]
             lines += [f'{metric}{{server="{name}"}} {row[key]}' for name, row in sorted(counts.items())]
-        messages = len(self.bed.mail.all_messages()) if self.bed._mail is not None else 0
+        messages = len(self.bed.mail.all_messages())
         lines += ["# HELP testbed_messages_stored Messages delivered to the mail store since the last reset.",
                   "# TYPE testbed_messages_stored gauge", f"testbed_messages_stored {messages}",
                   "# HELP testbed_sse_subscribers Connected event-stream clients.",

@@ -196,16 +196,16 @@ class Holdings:
         server = self._server(call, "http")
         session = self.sessions.of(call)
         requests = server.requests if session is None else self.sessions.requests(session, server)
-        # In the server's order: the newest runtime route first, then the scenario's.
-        states = server._runtime_routes[::-1] + server._scenario_routes
+        states = server.route_states
         return [dict(r.to_dict(), **_route_report(states, r, server.static_root is not None)) for r in requests]
 
     def routes(self, call: Call) -> list[dict]:
         import attrs
 
         server = self._server(call, "http")
-        return [dict(attrs.asdict(s.route), hits=s.hits, runtime=s in server._runtime_routes)
-                for s in server._scenario_routes + server._runtime_routes]
+        states = server.route_states
+        added = len(states) - len(server.config.routes)
+        return [dict(attrs.asdict(s.route), hits=s.hits, runtime=i < added) for i, s in enumerate(states)]
 
     def add_route(self, call: Call) -> dict:
         import attrs
@@ -218,14 +218,11 @@ class Holdings:
             route = Checker("request body").structure("route", HTTPRoute, call.body())
         except ScenarioError as e:
             raise ApiError(400, str(e), key=e.path, expected=e.expected) from None
-        server._add_route(route)
+        server.route(**attrs.asdict(route))
         return attrs.asdict(route)
 
     def clear_routes(self, call: Call) -> dict:
-        server = self._server(call, "http")
-        removed = len(server._runtime_routes)
-        server._runtime_routes = []
-        return {"removed": removed}
+        return {"removed": self._server(call, "http").clear_routes()}
 
     # -- DNS -------------------------------------------------------------------------
 

@@ -39,8 +39,8 @@ def scenario_data(bed) -> dict:
         table = {"protocol": entry.protocol, **_plain(entry.config, scenario.path)}
         server = bed.servers.get(name)
         if entry.protocol == "http" and server is not None:
-            table["routes"] = [_plain(state.route, scenario.path)
-                               for state in server._scenario_routes + server._runtime_routes]
+            # In the order a request tries them, so the saved scenario answers as this one does now.
+            table["routes"] = [_plain(state.route, scenario.path) for state in server.route_states]
         servers[name] = table
     data = {
         "seed": bed.seed,

@@ -515,6 +515,20 @@ class HTTPServer(Server):
         self._runtime_routes.append(RouteState(route))
         self.context.journal.record(STORED, self.name, None, route=f"{route.method} {route.path}")
 
+    @property
+    def route_states(self) -> list[RouteState]:
+        """Every route with its hits, in the order a request tries them: the newest added at runtime first,
+        then the scenario's (the first ``len(route_states) - len(config.routes)`` are runtime routes)."""
+        return self._runtime_routes[::-1] + self._scenario_routes
+
+    def clear_routes(self) -> int:
+        """Remove the routes added at runtime (the scenario's stay); how many went."""
+        return self.context.call(self._clear_routes)
+
+    def _clear_routes(self) -> int:
+        removed, self._runtime_routes = len(self._runtime_routes), []
+        return removed
+
     def wait_for(self, predicate_or_count: Any = 1, timeout: float = 5.0):
         """The requests once ``count`` have arrived, or those matching ``predicate``."""
         return self.wait_for_items(lambda: list(self.requests), predicate_or_count, timeout, "request")
