@@ -1,6 +1,7 @@
 """The twistd face: the package installs with its plugin, and `twistd -n testbed` serves as configured."""
 
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -21,8 +22,6 @@ def twistd(*args, cwd, timeout=20, python=sys.executable):
 
 def venv_env():
     """The environment without PYTHONPATH: the installed venv must import its own copy, not the source tree."""
-    import os
-
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
