@@ -24,7 +24,7 @@ from testbed.registry import EPHEMERAL
 from testbed.schema import Checker, ScenarioError
 
 __all__ = ["Scenario", "ServerEntry", "Servers", "ScenarioError", "FaultRule", "from_dict", "load", "coerce",
-           "rule_from_kwargs", "EPHEMERAL"]
+           "rule_from_kwargs", "read", "EPHEMERAL"]
 
 
 @attrs.frozen
@@ -181,9 +181,10 @@ def _check_servers(checker: Checker, scenario: Scenario) -> None:
             except Exception as e:  # serverFromString raises ValueError, KeyError, TypeError...
                 checker.fail(f"servers.{entry.name}.{listener.key}",
                              f"a Twisted endpoint string such as {EPHEMERAL!r} ({e})", endpoint)
+        check = registry.Check(checker.fail, f"servers.{entry.name}", scenario.path, scenario.users)
+        registry.check_tls_versions(getattr(entry.config, "tls_versions", ()), check)
         if spec.check is not None:
-            spec.check(entry.config, registry.Check(checker.fail, f"servers.{entry.name}", scenario.path,
-                                                    scenario.users))
+            spec.check(entry.config, check)
     check_control(checker, scenario.control)
     if bool(scenario.tls.ca_cert) != bool(scenario.tls.ca_key):
         checker.fail("tls", "both ca_cert and ca_key, or neither")
@@ -228,16 +229,20 @@ def from_dict(data: Mapping[str, Any], source: str = "<scenario>", base_dir: str
     return scenario
 
 
-def load(path: str) -> Scenario:
-    """Read and validate a TOML scenario file."""
+def read(path: str) -> dict[str, Any]:
+    """A TOML scenario file's data, not yet validated (``from_dict`` does that)."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
         raise ScenarioError(path, "", "an existing scenario file") from None
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(path, "", f"valid TOML ({e})") from None
-    return from_dict(data, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def load(path: str) -> Scenario:
+    """Read and validate a TOML scenario file."""
+    return from_dict(read(path), source=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
 def coerce(value: "Scenario | Mapping | str | os.PathLike | None") -> Scenario:

@@ -1,4 +1,4 @@
-"""The embedded default scenario of ``twistd -n testbed``: every server on its well-known loopback port.
+"""The daemon's scenarios: the embedded default (every server on its well-known loopback port), and a file's.
 
 The ports and per-protocol defaults come from the registry; this module adds
 what is not a protocol's: the seed, the journal bound and the users.
@@ -7,6 +7,7 @@ what is not a protocol's: the seed, the journal bound and the users.
 from __future__ import annotations
 
 import copy
+from typing import Any, Mapping
 
 from testbed import registry
 
@@ -29,3 +30,27 @@ def default_scenario_data() -> dict:
     data = copy.deepcopy(_BASE)
     data["servers"] = registry.daemon_scenario_servers()
     return data
+
+
+def with_daemon_ports(data: Mapping[str, Any]) -> tuple[dict, list[tuple[str, str]]]:
+    """A file's scenario data with the well-known port on every daemon listener it leaves unset.
+
+    Only a protocol's own instance (``[servers.smtp]``, or no table at all)
+    gets them: a second instance of a protocol would collide with the first.
+    Returns the data and the (server, key) pairs filled in. Data that is not
+    the expected shape is left for validation to report.
+    """
+    data = copy.deepcopy(dict(data))
+    servers = data.setdefault("servers", {})
+    filled = []
+    if not isinstance(servers, dict):
+        return data, filled
+    for name, table in registry.daemon_scenario_servers().items():
+        own = servers.setdefault(name, {})
+        if not isinstance(own, dict) or own.get("protocol", name) != name:
+            continue
+        for listener in registry.protocol(name).listeners:
+            if listener.daemon_port and listener.key not in own:
+                own[listener.key] = table[listener.key]
+                filled.append((name, listener.key))
+    return data, filled

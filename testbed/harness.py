@@ -151,6 +151,11 @@ class Testbed(service.MultiService):
         """One line per listener: server, label and address (the control API's too, when it runs)."""
         return [line for child in self if hasattr(child, "describe") for line in child.describe()]
 
+    def listener_records(self) -> list[dict[str, Any]]:
+        """Every listener of every server (and of the control API, when it runs) as JSON-ready data: server,
+        protocol, label, host, port, url, tls."""
+        return [record for child in self if hasattr(child, "listener_records") for record in child.listener_records()]
+
     def call(self, fn, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` in the reactor thread and return its result (directly when already there)."""
         return runtime.call(self.reactor, fn, *args, **kwargs)

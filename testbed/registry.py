@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import typing
 from typing import Any, Callable, Mapping
 
 import attrs
@@ -38,6 +39,19 @@ EPHEMERAL = "tcp:0:interface=127.0.0.1"
 #: Certificates a TLS listener can serve (``certificate = ...`` on a server), see testbed.tls.
 CERTIFICATE_KINDS = ("valid", "expired", "not_yet_valid", "wrong_host", "self_signed", "untrusted_ca")
 
+#: TLS versions a server can be limited to (``tls_versions = [...]``), oldest first.
+TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+
+
+def check_tls_versions(versions, check: "Check") -> None:
+    """``tls_versions``: known names making one contiguous range (OpenSSL sets a minimum and a maximum only)."""
+    for version in versions:
+        if version not in TLS_VERSIONS:
+            check.fail("tls_versions", "versions among " + ", ".join(TLS_VERSIONS), version)
+    indexes = sorted({TLS_VERSIONS.index(v) for v in versions})
+    if indexes and indexes != list(range(indexes[0], indexes[-1] + 1)):
+        check.fail("tls_versions", "a contiguous range such as ['TLSv1', 'TLSv1.1']", list(versions))
+
 
 @attrs.frozen
 class MailListenersConfig:
@@ -49,6 +63,8 @@ class MailListenersConfig:
     tls_listen: str = EPHEMERAL
     #: The chain served under TLS: a valid one, or a deliberately bad one.
     certificate: str = choices(*CERTIFICATE_KINDS)
+    #: The TLS versions served, a contiguous range of TLS_VERSIONS (empty: TLS 1.2 and 1.3).
+    tls_versions: typing.List[str] = attrs.Factory(list)
 
 
 @attrs.frozen

@@ -143,7 +143,7 @@ class ServerTLS:
         self._directory = directory
         self._ca_path: str | None = None
         self._chains: dict[str, tuple[list[x509.Certificate], object]] = {}
-        self._options: dict[str, object] = {}
+        self._options: dict[tuple[str, tuple[str, ...]], object] = {}
 
     @property
     def ca_path(self) -> str:
@@ -181,13 +181,19 @@ class ServerTLS:
             self._chains[kind] = ([cert], key)
         return self._chains[kind]
 
-    def serving(self, kind: str) -> "ServingTLS":
-        """This run's TLS material with ``kind`` as the chain a server presents by default."""
-        return ServingTLS(self, kind)
+    def serving(self, kind: str, versions: Sequence[str] = ()) -> "ServingTLS":
+        """This run's TLS material with ``kind`` as the chain a server presents by default, in ``versions``."""
+        return ServingTLS(self, kind, tuple(versions))
 
-    def options(self, kind: str = "valid"):
-        """A Twisted ``CertificateOptions`` serving the ``kind`` chain (cached)."""
-        if kind not in self._options:
+    def options(self, kind: str = "valid", versions: Sequence[str] = ()):
+        """A Twisted ``CertificateOptions`` serving the ``kind`` chain, in ``versions`` only if given (cached).
+
+        Versions older than TLS 1.2 need OpenSSL's security level 0 (their
+        handshakes sign with MD5+SHA-1), so such a server also takes any cipher
+        OpenSSL has.
+        """
+        versions = tuple(versions)
+        if (kind, versions) not in self._options:
             from OpenSSL import crypto
             from twisted.internet.ssl import CertificateOptions
 
@@ -200,22 +206,41 @@ class ServerTLS:
                     privateKey=crypto.PKey.from_cryptography_key(key),
                     certificate=crypto.X509.from_cryptography(cert),
                     extraCertChain=[crypto.X509.from_cryptography(c) for c in extra] or None,
+                    **_version_range(versions),
                 )
                 context = options.getContext()  # built (and cached) here, where the warning is filtered
+            if versions and versions[0] in ("TLSv1", "TLSv1.1"):
+                context.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
             _negotiate_alpn_politely(context)
-            self._options[kind] = options
-        return self._options[kind]
+            self._options[kind, versions] = options
+        return self._options[kind, versions]
+
+
+def _version_range(versions: Sequence[str]) -> dict:
+    """CertificateOptions' arguments for the contiguous range ``versions`` (names as in registry.TLS_VERSIONS)."""
+    if not versions:
+        return {}
+    from twisted.internet.ssl import TLSVersion
+
+    named = {"TLSv1": TLSVersion.TLSv1_0, "TLSv1.1": TLSVersion.TLSv1_1, "TLSv1.2": TLSVersion.TLSv1_2,
+             "TLSv1.3": TLSVersion.TLSv1_3}
+    order = list(named)
+    low, high = min(versions, key=order.index), max(versions, key=order.index)
+    # Twisted's floor is TLS 1.2: going below it is "insecurely lowering", above it "raising".
+    floor = "insecurelyLowerMinimumTo" if order.index(low) < order.index("TLSv1.2") else "raiseMinimumTo"
+    return {floor: named[low], "lowerMaximumSecurityTo": named[high]}
 
 
 class ServingTLS:
-    """One server's view of the run's TLS material: ``options()`` serves its configured chain."""
+    """One server's view of the run's TLS material: ``options()`` serves its configured chain and versions."""
 
-    def __init__(self, tls: ServerTLS, kind: str):
+    def __init__(self, tls: ServerTLS, kind: str, versions: tuple[str, ...] = ()):
         self.tls = tls
         self.kind = kind
+        self.versions = versions
 
     def options(self, kind: str | None = None):
-        return self.tls.options(kind or self.kind)
+        return self.tls.options(kind or self.kind, self.versions)
 
     @property
     def ca_path(self) -> str:

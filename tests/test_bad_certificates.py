@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from _clients import CURL
 
 SCENARIO = {
     "servers": {
@@ -40,7 +41,7 @@ def test_https_with_an_expired_certificate(http_server, context):
 
 
 def test_curl_refuses_the_expired_certificate(http_server, testbed):
-    result = subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", testbed.ca_path, http_server.https_url],
+    result = subprocess.run([CURL, "-sS", "--max-time", "10", "--cacert", testbed.ca_path, http_server.https_url],
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 60 and "expired" in result.stderr
 

@@ -88,3 +88,21 @@ def test_shipped_fixtures_load():
 
     for path in sorted(pathlib.Path(__file__).parent.parent.joinpath("fixtures").glob("*.toml")):
         config.load(str(path))
+
+
+@pytest.mark.parametrize("versions, expected", [
+    (["SSLv3"], "servers.smtp.tls_versions: expected versions among TLSv1, TLSv1.1, TLSv1.2, TLSv1.3, got 'SSLv3'"),
+    (["TLSv1", "TLSv1.3"], "servers.smtp.tls_versions: expected a contiguous range such as ['TLSv1', 'TLSv1.1'], "
+                           "got ['TLSv1', 'TLSv1.3']"),
+])
+def test_tls_versions_are_known_names_in_one_range(versions, expected):
+    with pytest.raises(ScenarioError) as error:
+        config.from_dict({"servers": {"smtp": {"tls_versions": versions}}}, source="s.toml")
+    assert str(error.value) == f"s.toml: {expected}"
+
+
+def test_strip_starttls_applies_where_a_client_learns_of_starttls():
+    rule = config.from_dict({"faults": [{"server": "pop3", "on": "CAPA", "action": "strip_starttls"}]}).faults[0]
+    assert rule.action == "strip_starttls"
+    with pytest.raises(ScenarioError, match=r"faults\[0\].*CAPA, connect"):
+        config.from_dict({"faults": [{"server": "pop3", "on": "RETR", "action": "strip_starttls"}]})

@@ -1,12 +1,12 @@
 """The daemon's control API: --control, the ready output, and the scenario it exports running the same again."""
 
-import re
+import json
 
 import pytest
 from twisted.python import usage
 
 from _control import Api
-from _daemon import Daemon
+from _daemon import Daemon, ephemeral
 from testbed.tap import Options
 
 SCENARIO = """seed = 5
@@ -30,18 +30,19 @@ code = 550
 
 
 def control_url(daemon):
-    for line in daemon.output:
-        match = re.match(r"twisted-testbed: CONTROL\s+(http://\S+)", line)
-        if match:
-            return match.group(1)
-    raise AssertionError("no CONTROL line in:\n" + "".join(daemon.output))
+    assert daemon.control, "no control API line in:\n" + "".join(daemon.output)
+    return daemon.control
 
 
 def test_the_exported_scenario_runs_the_same_servers_routes_records_and_faults(tmp_path):
     (tmp_path / "s.toml").write_text(SCENARIO)
-    first = Daemon(tmp_path, "--config", "s.toml", "--control", "tcp:0:interface=127.0.0.1")
+    first = Daemon(tmp_path, "--config", "s.toml", "--ports-out", "ports.json", *ephemeral("pop3", "pop3s", "imap",
+                                                                                        "imaps"))
     try:
         api = Api(control_url(first) + "/api/v1")
+        listed = json.loads((tmp_path / "ports.json").read_text())["listeners"]
+        assert {"server": "control", "protocol": "http", "label": "control", "host": "127.0.0.1",
+                "port": int(first.control.rsplit(":", 1)[1]), "url": first.control + "/", "tls": False} in listed
         assert api.post("/faults", {"server": "http", "on": "request", "action": "reply", "status": 503})[0] == 200
         assert api.post("/servers/http/routes", {"path": "/added", "body": "later"})[0] == 200
         exported = api.get("/scenario")[1]
@@ -50,7 +51,7 @@ def test_the_exported_scenario_runs_the_same_servers_routes_records_and_faults(t
     finally:
         first.stop()
     (tmp_path / "exported.toml").write_text(toml.decode())
-    second = Daemon(tmp_path, "--config", "exported.toml", "--control", "tcp:0:interface=127.0.0.1")
+    second = Daemon(tmp_path, "--config", "exported.toml", *ephemeral("pop3", "pop3s", "imap", "imaps"))
     try:
         again = Api(control_url(second) + "/api/v1").get("/scenario")[1]
     finally:

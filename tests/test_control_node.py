@@ -5,7 +5,7 @@ import pathlib
 import shutil
 import subprocess
 
-from _daemon import Daemon
+from _daemon import Daemon, ephemeral
 
 EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "node"
 
@@ -15,9 +15,9 @@ def test_the_node_example_passes_against_a_daemon(tmp_path):
     assert node, "node is missing: install it (Debian package nodejs)"
     (tmp_path / "s.toml").write_text("[servers.pop3]\nenabled = false\n[servers.imap]\nenabled = false\n"
                                      "[servers.ftp]\nenabled = false\n")
-    daemon = Daemon(tmp_path, "--config", "s.toml", "--control", "tcp:0:interface=127.0.0.1")
+    daemon = Daemon(tmp_path, "--config", "s.toml", *ephemeral("pop3", "pop3s", "imap", "imaps", "ftp"))
     try:
-        url = next(line.split()[-1] for line in daemon.output if "CONTROL" in line)
+        url = daemon.control
         result = subprocess.run([node, "--test", str(EXAMPLE / "mail.test.mjs")], capture_output=True, text=True,
                                 timeout=120, env={**os.environ, "TESTBED_URL": url})
     finally:

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from _control import start, stop
-from _daemon import Daemon
+from _daemon import Daemon, ephemeral
 from testbed import WaitTimeout
 from testbed.remote import RemoteTestbed
 
@@ -86,9 +86,9 @@ XDIST_SUITE = textwrap.dedent('''
 def test_two_xdist_workers_sharing_one_daemon_never_see_each_others_mail_or_faults(tmp_path):
     (tmp_path / "s.toml").write_text("[servers.pop3]\nenabled = false\n[servers.imap]\nenabled = false\n")
     (tmp_path / "test_suite.py").write_text(XDIST_SUITE)
-    daemon = Daemon(tmp_path, "--config", "s.toml", "--control", "tcp:0:interface=127.0.0.1")
+    daemon = Daemon(tmp_path, "--config", "s.toml", *ephemeral("pop3", "pop3s", "imap", "imaps"))
     try:
-        url = next(line.split()[-1] for line in daemon.output if "CONTROL" in line)
+        url = daemon.control
         result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2",
                                  "--testbed-url", url, "test_suite.py"],
                                 cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -12,6 +12,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 import pytest
+from _clients import DIG
 
 ZONE = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "zones" / "example.test.zone"
 BIG = [c * 200 for c in "abcdefgh"]  # about 1.7 KB of TXT: over 512 and over dig's 1232
@@ -54,7 +55,7 @@ def resolver(server, timeout=2.0):
 
 
 def dig(server, *args):
-    result = subprocess.run(["dig", f"@{server.host}", "-p", str(server.port), "+time=2", "+tries=1", *args],
+    result = subprocess.run([DIG, f"@{server.host}", "-p", str(server.port), "+time=2", "+tries=1", *args],
                             capture_output=True, text=True, timeout=20)
     return result.stdout
 

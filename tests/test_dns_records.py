@@ -618,7 +618,7 @@ def _listen_udp_and_tcp(factory):
 
     last = None
     for _ in range(20):
-        # A fresh protocol each try: the one a failed try used keeps its transport until the reactor drops it.
+        # A fresh protocol each attempt: one that a closed port held cannot be connected again.
         udp = reactor.listenUDP(0, tdns.DNSDatagramProtocol(factory), interface="127.0.0.1")
         port = udp.getHost().port
         try:

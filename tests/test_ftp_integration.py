@@ -12,7 +12,6 @@ import io
 import os
 import re
 import resource
-import shutil
 import socket
 import ssl
 import subprocess
@@ -20,10 +19,9 @@ import time
 import tracemalloc
 
 import pytest
+from _clients import CURL, LFTP
 
 TIMEOUT = 10
-CURL = shutil.which("curl")
-LFTP = shutil.which("lftp")
 README = b"hello world\n"
 SECRET = b"top secret, outside the root\n"
 
@@ -406,9 +404,8 @@ def test_pasv_wrong_host_is_ignored_by_ftplib_and_curl(ftp_server):
     client = login(ftp_server)
     assert retr(client, "pub/readme.txt") == README  # ftplib uses the control connection's host
     client.quit()
-    if CURL:
-        result = curl(ftp_server, "--disable-epsv", url(ftp_server, "/pub/readme.txt"))
-        assert result.stdout == README, result.stderr
+    result = curl(ftp_server, "--disable-epsv", url(ftp_server, "/pub/readme.txt"))
+    assert result.stdout == README, result.stderr
 
 
 @pytest.mark.parametrize("code,exception", [(425, ftplib.error_temp), (426, ftplib.error_temp),

@@ -11,11 +11,11 @@ import urllib.error
 import urllib.request
 
 import pytest
+from _clients import CURL
 
 from testbed.servers.base import WaitTimeout
 
 SITE = pathlib.Path(__file__).parent.parent / "fixtures" / "site"
-CURL = shutil.which("curl")
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,54 @@ def test_reset_is_a_connection_reset(http_server):
 @pytest.mark.fault(server="http", on="request", action="short_body")
 def test_short_body_is_an_incomplete_read(http_server):
     with pytest.raises(http.client.IncompleteRead):
-        urllib.request.urlopen(http_server.url + "/x", timeout=10).read()
+        urllib.request.urlopen(http_server.url + "/api/users/1", timeout=10).read()
+
+
+def test_short_body_cuts_the_routes_own_body_under_its_full_length(http_server, testbed):
+    http_server.faults.add(on="request", action="short_body", bytes=5)
+    with urllib.request.urlopen(http_server.url + "/api/users/1", timeout=10) as response:
+        assert response.headers["Content-Length"] == str(len(b'{"users": []}'))
+        with pytest.raises(http.client.IncompleteRead) as cut:
+            response.read()
+    assert cut.value.partial == b'{"use'
+    (reply,) = testbed.journal.query("reply", server="http")
+    assert (reply["status"], reply["broken"], reply["cut_after"]) == (200, "short_body", 5)
+
+
+def test_a_static_file_cut_by_short_body_is_resumed_by_curl_into_the_real_file(http_server, site, tmp_path):
+    real = (site / "index.html").read_bytes()
+    out = tmp_path / "index.html"
+    http_server.faults.add(on="request", action="short_body", bytes=10, times=1)
+    first = curl("-o", str(out), http_server.url + "/index.html")
+    assert first.returncode == 18, first.stderr                   # curl: partial file
+    assert out.read_bytes() == real[:10]
+    resumed = curl("-C", "-", "-o", str(out), "-w", "%{http_code}", http_server.url + "/index.html")
+    assert resumed.returncode == 0 and resumed.stdout == b"206", resumed.stderr
+    assert out.read_bytes() == real
+    assert http_server.requests[1].headers["range"] == "bytes=10-"
+
+
+def test_a_range_request_cut_by_short_body_promises_the_ranges_length(http_server, site):
+    real = (site / "index.html").read_bytes()
+    http_server.faults.add(on="request", action="short_body", bytes=4)
+    request = urllib.request.Request(http_server.url + "/index.html", headers={"Range": "bytes=2-21"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 206 and response.headers["Content-Length"] == "20"
+        with pytest.raises(http.client.IncompleteRead) as cut:
+            response.read()
+    assert cut.value.partial == real[2:6]
+
+
+def test_the_journal_reply_of_a_static_file_carries_the_status_sent(http_server, testbed):
+    url = http_server.url + "/index.html"
+    statuses = [get(url)[0],
+                get(urllib.request.Request(url, headers={"Range": "bytes=0-3"}))[0],
+                get(urllib.request.Request(url, headers={"If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}))[0],
+                get(urllib.request.Request(url, headers={"Range": "bytes=999999-"}))[0],
+                get(urllib.request.Request(url, data=b"x", method="POST"))[0]]
+    assert statuses == [200, 206, 304, 416, 405]
+    assert [e["status"] for e in testbed.journal.query("reply", server="http")] == statuses
+    assert "GET" in get(urllib.request.Request(url, data=b"x", method="POST"))[2]["Allow"]
 
 
 @pytest.mark.parametrize("fault, exit_code", [

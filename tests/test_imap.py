@@ -22,8 +22,18 @@ MIME = (b"From: a@example.test\r\nTo: b@example.test\r\nSubject: parts\r\nMIME-V
         b"preamble\r\n--XYZ\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nfirst part\r\n"
         b"--XYZ\r\nContent-Type: message/rfc822\r\nContent-Disposition: attachment; filename=\"in.eml\"\r\n\r\n"
         b"Subject: inner\r\nFrom: x@example.test\r\n\r\ninner body\r\n--XYZ--\r\nepilogue\r\n")
-GREETING = (b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN AUTH=LOGIN AUTH=CRAM-MD5 IDLE NAMESPACE CHILDREN] "
+EXTENSIONS = b"NAMESPACE CHILDREN UIDPLUS MOVE ID ENABLE UNSELECT SPECIAL-USE LITERAL+"
+GREETING = (b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN AUTH=LOGIN AUTH=CRAM-MD5 IDLE " + EXTENSIONS + b"] "
             b"testbed IMAP4rev1 ready\r\n")
+
+
+#: What LIST shows of the SPECIAL-USE mailboxes every user has (between INBOX and the user's own).
+SPECIAL_USE_LIST = b"".join(b'* LIST (\\HasNoChildren \\%s) "/" "%s"\r\n' % (name, name)
+                            for name in (b"Archive", b"Drafts", b"Junk", b"Sent", b"Trash"))
+
+
+def validity(store, mailbox="INBOX"):
+    return store.mailbox(USER, mailbox).uid_validity
 
 
 @pytest.fixture
@@ -71,8 +81,8 @@ def literal(data: bytes) -> bytes:
 def test_greeting_and_capability(store):
     s = Session(store)
     assert s.greeting == GREETING
-    assert s(b"a1 CAPABILITY") == (b"* CAPABILITY IMAP4rev1 AUTH=PLAIN AUTH=LOGIN AUTH=CRAM-MD5 IDLE NAMESPACE CHILDREN\r\n"
-                                   b"a1 OK CAPABILITY completed\r\n")
+    assert s(b"a1 CAPABILITY") == (b"* CAPABILITY IMAP4rev1 AUTH=PLAIN AUTH=LOGIN AUTH=CRAM-MD5 IDLE " + EXTENSIONS
+                                   + b"\r\na1 OK CAPABILITY completed\r\n")
     assert s(b"a2 NOOP") == b"a2 OK NOOP No operation performed\r\n"
     assert s(b"a3 LOGOUT") == b"* BYE Nice talking to you\r\na3 OK LOGOUT successful\r\n"
     assert s.conn.closed
@@ -286,11 +296,12 @@ def test_append_copy_and_folders(store):
     s = Session(store).login()
     assert s(b'a1 APPEND INBOX (\\Seen) "05-Jan-2024 10:00:00 +0100" {%d}' % len(RAW)) == (
         b"+ Ready for %d octets of data\r\n" % len(RAW))
-    assert s(RAW) == b"* 1 EXISTS\r\n* 1 RECENT\r\na1 OK APPEND completed\r\n"
+    assert s(RAW) == b"* 1 EXISTS\r\n* 1 RECENT\r\na1 OK [APPENDUID %d 1] APPEND completed\r\n" % validity(store)
     stored = store.mailbox(USER).messages[0]
     assert (stored.raw, stored.flags, stored.internal_date) == (RAW, {"\\Seen"}, 1704445200.0)
     assert s(b"a2 CREATE Work/Projects") == b"a2 OK Mailbox created\r\n"
-    assert s(b"a3 COPY 1 Work/Projects") == b"a3 OK COPY completed\r\n"
+    assert s(b"a3 COPY 1 Work/Projects") == b"a3 OK [COPYUID %d 1 1] COPY completed\r\n" % validity(
+        store, "Work/Projects")
     assert s(b"a4 COPY 1 Missing") == b"a4 NO [TRYCREATE] No such mailbox\r\n"
     assert s(b"a5 APPEND Missing {3}") == b"+ Ready for 3 octets of data\r\n"
     assert s(b"abc") == b"a5 NO [TRYCREATE] No such mailbox\r\n"
@@ -298,8 +309,8 @@ def test_append_copy_and_folders(store):
         b"* STATUS Work/Projects (MESSAGES 1 RECENT 1 UNSEEN 0 UIDNEXT 2 UIDVALIDITY %d)\r\na6 OK STATUS completed\r\n"
         % store.mailbox(USER, "Work/Projects").uid_validity)
     assert s(b"a7 STATUS INBOX (SIZE)") == b"a7 BAD Unknown STATUS item SIZE\r\n"
-    assert s(b'a8 LIST "" %') == (b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n* LIST (\\HasChildren) "/" "Work"\r\n'
-                                  b"a8 OK LIST completed\r\n")
+    assert s(b'a8 LIST "" %') == (b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n' + SPECIAL_USE_LIST
+                                  + b'* LIST (\\HasChildren) "/" "Work"\r\na8 OK LIST completed\r\n')
     assert s(b'a9 LIST "" ""') == b'* LIST (\\Noselect) "/" ""\r\na9 OK LIST completed\r\n'
     assert s(b"b1 RENAME Work Play") == b"b1 OK Mailbox renamed\r\n"
     assert s(b'b2 LIST "Play/" *') == b'* LIST (\\HasNoChildren) "/" "Play/Projects"\r\nb2 OK LIST completed\r\n'
@@ -307,7 +318,8 @@ def test_append_copy_and_folders(store):
     assert s(b'b4 LSUB "" *') == (b'* LSUB (\\HasNoChildren) "/" "INBOX"\r\n* LSUB (\\HasChildren) "/" "Play"\r\n'
                                   b"b4 OK LSUB completed\r\n")
     assert s(b"b4 UNSUBSCRIBE Play") == b"b4 OK Unsubscribed\r\n"
-    assert s(b"b4 UID COPY 1 Play/Projects") == b"b4 OK COPY completed\r\n"
+    assert s(b"b4 UID COPY 1 Play/Projects") == b"b4 OK [COPYUID %d 1 2] COPY completed\r\n" % validity(
+        store, "Play/Projects")
     assert [m.raw for m in store.mailbox(USER, "Play/Projects").messages] == [RAW, RAW]
     assert s(b"b4 CHECK") == b"b4 OK CHECK completed\r\n"
     assert s(b"b4 NAMESPACE") == b'* NAMESPACE (("" "/")) NIL NIL\r\nb4 OK NAMESPACE command completed\r\n'
@@ -317,7 +329,7 @@ def test_append_copy_and_folders(store):
     assert s(b"b8 CREATE ../escape") .startswith(b"b8 NO [CANNOT] invalid mailbox name")
     assert s(b'b9 APPEND INBOX "not a date" {3}') == b"+ Ready for 3 octets of data\r\n"
     assert s(b"abc") == b"b9 BAD Invalid date-time\r\n"
-    assert store.list_mailboxes(USER) == ["INBOX", "Play"]
+    assert store.list_mailboxes(USER) == ["INBOX", "Archive", "Drafts", "Junk", "Play", "Sent", "Trash"]
 
 
 def test_idle_reports_deliveries_flags_and_expunges_from_other_sessions(store):
@@ -371,7 +383,7 @@ def test_oversize_literals_and_lines_are_refused(store, monkeypatch):
     s = Session(store).login()
     assert s(b"a1 APPEND INBOX {101}") == b"a1 NO [TOOBIG] Message too large\r\n"
     assert s(b"a2 APPEND INBOX {3}") == b"+ Ready for 3 octets of data\r\n"
-    assert s(b"abc") == b"* 1 EXISTS\r\n* 1 RECENT\r\na2 OK APPEND completed\r\n"
+    assert s(b"abc") == b"* 1 EXISTS\r\n* 1 RECENT\r\na2 OK [APPENDUID %d 1] APPEND completed\r\n" % validity(store)
     assert s(b"a3 FETCH " + b"1," * 40000 + b"1 UID") == b"* BYE [TOOBIG] Line too long\r\n"
     assert s.conn.closed
     assert [m.raw for m in store.mailbox(USER).messages] == [b"abc"]
@@ -555,3 +567,94 @@ def test_a_wire_delay_scoped_to_a_command_is_driven_by_the_clock(store):
     assert s(b"a1 NOOP") == b""
     s.clock.advance(2.0)
     assert s.conn.sent() == b"a1 OK NOOP No operation performed\r\n"
+
+
+# -- extensions: UIDPLUS, MOVE, ID, ENABLE, UNSELECT, SPECIAL-USE, LITERAL+ ---------------------
+
+
+def test_uidplus_appenduid_copyuid_and_uid_expunge(store):
+    for _ in range(4):
+        store.deliver(USER, RAW)
+    s = Session(store).login()
+    inbox, trash = validity(store), validity(store, "Trash")
+    assert s(b"a1 APPEND Trash {%d}" % len(RAW)) == b"+ Ready for %d octets of data\r\n" % len(RAW)
+    assert s(RAW) == b"a1 OK [APPENDUID %d 1] APPEND completed\r\n" % trash
+    assert s(b"a2 COPY 2:4 Trash") == b"a2 OK [COPYUID %d 2:4 2:4] COPY completed\r\n" % trash
+    assert s(b"a3 UID COPY 1,3 Trash") == b"a3 OK [COPYUID %d 1,3 5:6] COPY completed\r\n" % trash
+    assert s(b"a4 COPY 9 Trash") == b"a4 OK COPY completed\r\n"     # nothing copied: no COPYUID
+    assert s(b"a5 STORE 1:3 +FLAGS.SILENT (\\Deleted)") == b"a5 OK STORE completed\r\n"
+    # Only the \Deleted messages among the UIDs go: 1 and 3, not 2 (outside the set), not 4 (not \Deleted).
+    assert s(b"a6 UID EXPUNGE 1,3:4") == b"* 3 EXPUNGE\r\n* 1 EXPUNGE\r\na6 OK UID EXPUNGE completed\r\n"
+    assert [m.uid for m in store.mailbox(USER).messages] == [2, 4]
+    assert s(b"a7 UID EXPUNGE") == b"a7 BAD Illegal syntax: UID EXPUNGE needs a UID set\r\n"
+    assert s(b"a8 EXPUNGE 1") == b"a8 BAD Illegal syntax: EXPUNGE takes no arguments\r\n"
+    assert s(b"a9 EXPUNGE") == b"* 1 EXPUNGE\r\na9 OK EXPUNGE completed\r\n"
+    assert inbox == validity(store)
+
+
+def test_move_says_copyuid_then_expunges_and_uid_move(store):
+    for _ in range(3):
+        store.deliver(USER, RAW)
+    s = Session(store).login()
+    archive = validity(store, "Archive")
+    assert s(b"a1 MOVE 1:2 Archive") == (b"* OK [COPYUID %d 1:2 1:2] Moved\r\n* 2 EXPUNGE\r\n* 1 EXPUNGE\r\n"
+                                         b"a1 OK MOVE completed\r\n" % archive)
+    assert s(b"a2 UID MOVE 3 Archive") == (b"* OK [COPYUID %d 3 3] Moved\r\n* 1 EXPUNGE\r\n"
+                                           b"a2 OK MOVE completed\r\n" % archive)
+    assert store.mailbox(USER).messages == []
+    assert [m.raw for m in store.mailbox(USER, "Archive").messages] == [RAW] * 3
+    assert s(b"a3 MOVE 1 Nowhere") == b"a3 NO [TRYCREATE] No such mailbox\r\n"
+    assert s(b"a4 UID MOVE 7 Archive") == b"a4 OK MOVE completed\r\n"
+    s(b"a5 EXAMINE Archive")
+    assert s(b"a6 MOVE 1 INBOX") == b"a6 NO [READ-ONLY] Mailbox is read-only\r\n"
+
+
+def test_id_enable_and_unselect(store):
+    store.deliver(USER, RAW)
+    s = Session(store)
+    server_id = b'* ID ("name" "twisted-testbed" "vendor" "twisted-testbed")\r\n'
+    assert s(b'a1 ID ("name" "pytest" "version" "1")') == server_id + b"a1 OK ID completed\r\n"
+    assert s(b"a2 ID NIL") == server_id + b"a2 OK ID completed\r\n"
+    assert s(b'a3 ID ("name")') == b"a3 BAD Illegal syntax: ID takes NIL or a list of field-value pairs\r\n"
+    s.login(None)
+    assert s(b"a4 ENABLE CONDSTORE UTF8=ACCEPT") == b"* ENABLED\r\na4 OK ENABLE completed\r\n"
+    s(b"a5 SELECT INBOX")
+    assert s(b"a6 STORE 1 +FLAGS.SILENT (\\Deleted)") == b"a6 OK STORE completed\r\n"
+    assert s(b"a7 UNSELECT") == b"a7 OK UNSELECT completed\r\n"
+    assert len(store.mailbox(USER).messages) == 1              # UNSELECT never expunges
+    assert s(b"a8 FETCH 1 UID") == b"a8 BAD Unsupported command\r\n"
+    assert s(b"a9 UNSELECT") == b"a9 BAD Unsupported command\r\n"
+
+
+def test_special_use_mailboxes_exist_for_every_user_and_list_says_which(store):
+    s = Session(store)
+    assert s(b"L1 LOGIN bob@example.test hunter2") == b"L1 OK LOGIN completed\r\n"
+    assert s(b'a1 LIST "" *') == (b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n' + SPECIAL_USE_LIST
+                                  + b"a1 OK LIST completed\r\n")
+    assert s(b"a2 DELETE Junk") == b"a2 OK Mailbox deleted\r\n"
+    assert s(b'a3 LIST "" Sent') == b'* LIST (\\HasNoChildren \\Sent) "/" "Sent"\r\na3 OK LIST completed\r\n'
+    assert store.list_mailboxes("bob@example.test") == ["INBOX", "Archive", "Drafts", "Sent", "Trash"]
+    Session(store).login(None)                                 # another user's login makes nothing of bob's
+    assert "Junk" not in store.list_mailboxes("bob@example.test")
+
+
+def test_literal_plus_needs_no_continuation(store):
+    s = Session(store)
+    # Each command, literals and all, in one write: no "+" in between.
+    assert s(b"a1 LOGIN {18+}\r\nalice@example.test {6+}\r\nsecret") == b"a1 OK LOGIN completed\r\n"
+    assert s(b"a2 APPEND Drafts (\\Draft) {%d+}\r\n" % len(RAW) + RAW) == (
+        b"a2 OK [APPENDUID %d 1] APPEND completed\r\n" % validity(store, "Drafts"))
+    assert s(b"a3 APPEND Drafts {3}") == b"+ Ready for 3 octets of data\r\n"   # a synchronizing literal still asks
+    assert s(b"abc").startswith(b"a3 OK [APPENDUID")
+    assert [m.raw for m in store.mailbox(USER, "Drafts").messages] == [RAW, b"abc"]
+
+
+def test_the_literals_of_a_failed_command_are_not_taken_for_commands(store, monkeypatch):
+    monkeypatch.setattr(imap, "MAX_LITERAL", 100)
+    s = Session(store).login(None)
+    # LOGIN is not valid once logged in: its two literals are dropped, not parsed as "a2 NOOP"s.
+    assert s(b"a1 LOGIN {7+}\r\na2 NOOP {7+}\r\na2 NOOP") == b"a1 BAD Unsupported command\r\n"
+    assert s(b"a3 APPEND INBOX {101+}\r\n" + b"a4 NOOP\r\n" * 11 + b"ab") == b"a3 NO [TOOBIG] Message too large\r\n"
+    assert s(b"a5 NOOP") == b"a5 OK NOOP No operation performed\r\n"
+    assert store.mailbox(USER).messages == []
+    assert [e["size"] for e in s.journal.query("error") if e["error"] == "literal discarded"] == [7, 7, 101]

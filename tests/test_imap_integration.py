@@ -1,14 +1,13 @@
 """The IMAP server with real clients over loopback: imaplib, imapclient (IDLE) and curl, plain, STARTTLS and IMAPS."""
 
 import imaplib
-import shutil
 import socket
 import ssl
 import subprocess
 
 import pytest
+from _clients import CURL
 
-CURL = shutil.which("curl")
 USER, PASSWORD = "alice@example.test", "secret"
 TIMEOUT = 5
 
@@ -95,21 +94,23 @@ def test_append_stores_the_bytes_with_flags_and_date(imap_server):
 def test_folders_create_list_rename_delete_copy_and_subscribe(imap_server, testbed):
     raw = deliver(testbed, "to copy")
     with connect(imap_server) as client:
-        assert client.create("Archive/2024")[0] == "OK"
-        assert client.create("Archive/2024")[0] == "NO"
+        assert client.create("Projects/2024")[0] == "OK"
+        assert client.create("Projects/2024")[0] == "NO"
         typ, data = client.list()
-        assert data == [b'(\\HasNoChildren) "/" "INBOX"', b'(\\HasChildren) "/" "Archive"',
-                        b'(\\HasNoChildren) "/" "Archive/2024"']
-        assert client.rename("Archive/2024", "Archive/Old")[0] == "OK"
+        assert data == [b'(\\HasNoChildren) "/" "INBOX"', b'(\\HasNoChildren \\Archive) "/" "Archive"',
+                        b'(\\HasNoChildren \\Drafts) "/" "Drafts"', b'(\\HasNoChildren \\Junk) "/" "Junk"',
+                        b'(\\HasChildren) "/" "Projects"', b'(\\HasNoChildren) "/" "Projects/2024"',
+                        b'(\\HasNoChildren \\Sent) "/" "Sent"', b'(\\HasNoChildren \\Trash) "/" "Trash"']
+        assert client.rename("Projects/2024", "Projects/Old")[0] == "OK"
         client.select("INBOX")
-        assert client.copy("1", "Archive/Old")[0] == "OK"
+        assert client.copy("1", "Projects/Old")[0] == "OK"
         typ, data = client.copy("1", "Nowhere")
         assert typ == "NO" and data[0].startswith(b"[TRYCREATE]")
-        assert client.status("Archive/Old", "(MESSAGES UIDNEXT)") == ("OK", [b"Archive/Old (MESSAGES 1 UIDNEXT 2)"])
-        assert client.subscribe("Archive/Old")[0] == "OK"
-        assert client.lsub()[1] == [b'(\\HasNoChildren) "/" "INBOX"', b'(\\HasNoChildren) "/" "Archive/Old"']
-        assert client.delete("Archive/Old")[0] == "OK"
-        assert client.list('""', "Archive*")[1] == [b'(\\HasNoChildren) "/" "Archive"']
+        assert client.status("Projects/Old", "(MESSAGES UIDNEXT)") == ("OK", [b"Projects/Old (MESSAGES 1 UIDNEXT 2)"])
+        assert client.subscribe("Projects/Old")[0] == "OK"
+        assert client.lsub()[1] == [b'(\\HasNoChildren) "/" "INBOX"', b'(\\HasNoChildren) "/" "Projects/Old"']
+        assert client.delete("Projects/Old")[0] == "OK"
+        assert client.list('""', "Projects*")[1] == [b'(\\HasNoChildren) "/" "Projects"']
         client.logout()
     assert [m.raw for m in imap_server.messages()] == [raw]
 
@@ -356,3 +357,34 @@ def test_the_server_survives_garbage(imap_server):
     assert lines[4].startswith(b"a3 OK")
     with connect(imap_server) as client:
         assert client.noop()[0] == "OK"
+
+
+# -- extensions, as imapclient uses them --------------------------------------------------------
+
+
+def test_imapclient_appends_with_appenduid_moves_and_uid_expunges(imap_server, testbed):
+    import imapclient
+    from imapclient.imapclient import DELETED, SENT
+
+    deliver(testbed, "one")
+    deliver(testbed, "two")
+    with imapclient.IMAPClient(imap_server.host, port=imap_server.port, ssl=False, timeout=TIMEOUT) as client:
+        client.login(USER, PASSWORD)
+        assert {b"UIDPLUS", b"MOVE", b"ID", b"ENABLE", b"UNSELECT", b"SPECIAL-USE", b"LITERAL+"} <= set(
+            client.capabilities())
+        (server_id,) = client.id_({"name": "pytest"})
+        assert dict(zip(server_id[::2], server_id[1::2]))[b"name"] == b"twisted-testbed"
+        assert client.find_special_folder(SENT) == "Sent"
+        sent = testbed.mail.mailbox(USER, "Sent")
+        assert client.append("Sent", raw_message("draft")) == b"[APPENDUID %d 1] APPEND completed" % sent.uid_validity
+        client.select_folder("INBOX")
+        client.move([1], "Archive")
+        assert client.search() == [2]
+        client.add_flags([2], [DELETED])
+        client.uid_expunge([2])
+        assert client.search() == []
+        client.unselect_folder()
+    archived = [m.raw for m in testbed.mail.mailbox(USER, "Archive").messages]
+    assert archived == [raw_message("one")]
+    assert [m.raw for m in sent.messages] == [raw_message("draft")]
+    assert [e["command"] for e in imap_server.commands if e["command"] in ("MOVE", "EXPUNGE")] == ["MOVE", "EXPUNGE"]

@@ -7,7 +7,7 @@ import re
 import smtplib
 
 import pytest
-from _daemon import Daemon
+from _daemon import Daemon, ephemeral
 
 SCENARIO = {
     "servers": {"http": {"enabled": False}, "ftp": {"enabled": False}, "dns": {"enabled": False}},
@@ -81,7 +81,8 @@ def test_a_maildir_survives_a_daemon_restart_with_flags_folders_and_uids(tmp_pat
                       '[servers.dns]\nenabled = false\n')
     raws = [message(n) for n in range(3)]
 
-    daemon = Daemon(tmp_path, "--config", str(config))
+    free_ports = ephemeral("http", "https", "ftp", "dns")
+    daemon = Daemon(tmp_path, "--config", str(config), *free_ports)
     try:
         smtp_host, smtp_port = daemon.urls["SMTP"].split("//")[1].rsplit(":", 1)
         imap_host, imap_port = daemon.urls["IMAP"].split("//")[1].rsplit(":", 1)
@@ -93,19 +94,19 @@ def test_a_maildir_survives_a_daemon_restart_with_flags_folders_and_uids(tmp_pat
         imap.select("INBOX")
         assert imap.store("1", "+FLAGS", r"(\Seen)")[0] == "OK"
         assert imap.store("2", "+FLAGS", r"(\Flagged \Answered)")[0] == "OK"
-        assert imap.create("Archive")[0] == "OK"
-        assert imap.copy("3", "Archive")[0] == "OK"
+        assert imap.create("Projects")[0] == "OK"
+        assert imap.copy("3", "Projects")[0] == "OK"
         imap.logout()
         before, validity_before = imap_fetch_all(imap_host, int(imap_port))
-        archived_before, _ = imap_fetch_all(imap_host, int(imap_port), "Archive")
+        archived_before, _ = imap_fetch_all(imap_host, int(imap_port), "Projects")
     finally:
         daemon.stop()
 
-    again = Daemon(tmp_path, "--config", str(config))
+    again = Daemon(tmp_path, "--config", str(config), *free_ports)
     try:
         imap_host, imap_port = again.urls["IMAP"].split("//")[1].rsplit(":", 1)
         after, validity_after = imap_fetch_all(imap_host, int(imap_port))
-        archived_after, _ = imap_fetch_all(imap_host, int(imap_port), "Archive")
+        archived_after, _ = imap_fetch_all(imap_host, int(imap_port), "Projects")
     finally:
         again.stop()
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import poplib
-import shutil
 import smtplib
 import socket
 import ssl
 import subprocess
 
 import pytest
+from _clients import CURL
 
 ALICE = "alice@example.test"
-CURL = shutil.which("curl")
 
 
 def message(n: int, body: str = "Hello.") -> bytes:

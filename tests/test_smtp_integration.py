@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import concurrent.futures
-import shutil
 import smtplib
 import ssl
 import subprocess
 
 import pytest
 import pytest_twisted
+from _clients import CURL, SWAKS
 
 from testbed.servers.base import WaitTimeout
 
-SWAKS = shutil.which("swaks")
-CURL = shutil.which("curl")
 
 #: One scenario for the module: the testbed starts once for it.
 SCENARIO = {

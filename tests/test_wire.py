@@ -1,5 +1,6 @@
 """Wire actions at the byte level, over StringTransport and Clock, through testbed.testing.connect."""
 
+import pytest
 from twisted.internet.protocol import Factory, Protocol
 
 from testbed import testing
@@ -285,3 +286,17 @@ def test_a_close_waiting_for_a_queue_survives_the_action_being_replaced():
     c.clock.pump([0.1] * 20)
     assert c.transport.value().startswith(b"hello\n")
     assert c.transport.disconnecting
+
+
+@pytest.mark.parametrize("cut_after, sent", [("client_hello", b""), ("server_hello", b"\x16\x03\x03\x00\x02hi")])
+def test_a_handshake_cut_sends_at_most_the_first_record_then_a_fin(cut_after, sent):
+    from twisted.internet.testing import StringTransport
+
+    from testbed.faults.wire import HandshakeCut
+
+    raw, cuts = StringTransport(), []
+    cut = HandshakeCut(raw, cut_after, cuts.append)
+    cut.write(b"\x16\x03\x03\x00\x02hi" + b"\x14\x03\x03\x00\x01\x01")   # ServerHello, ChangeCipherSpec
+    cut.write(b"more of the flight")
+    assert raw.value() == sent and raw.disconnecting
+    assert cuts == [len(sent)]

@@ -65,12 +65,20 @@ class ControlService(service.Service):
             from twisted.internet.endpoints import serverFromString
 
             self.started = serverFromString(self.bed.reactor, self.listen).listen(self.site)
-            self.started.addCallback(self._bound)
+            self.started.addCallbacks(self._bound, self._refused)
         return self.started
 
     def _bound(self, port):
         self.port = port
         return port
+
+    def _refused(self, failure):
+        from twisted.internet.error import CannotListenError
+
+        from testbed.servers.base import ListenError
+
+        failure.trap(CannotListenError)
+        raise ListenError("control", "listen", self.listen, failure.value)
 
     def stopService(self):
         super().stopService()
@@ -87,4 +95,12 @@ class ControlService(service.Service):
         return f"http://{host}:{address.port}"
 
     def describe(self) -> list[str]:
-        return [f"{'CONTROL':<7} {self.url}"] if self.url else []
+        return [f"control API and dashboard at {self.url}/"] if self.url else []
+
+    def listener_records(self) -> list[dict]:
+        """Its listener as ``--ports-out`` and the daemon's index page list every server's."""
+        if self.port is None:
+            return []
+        address = self.port.getHost()
+        return [{"server": "control", "protocol": "http", "label": "control", "host": address.host,
+                 "port": address.port, "url": self.url + "/", "tls": False}]

@@ -52,6 +52,9 @@ WIRE_DEFAULTS: dict[str, object] = {
 #: What happens after a protocol ``reply`` fault: nothing, FIN, RST, or a black hole.
 THEN = ("none", "close", "reset", "stall")
 
+#: ``tls_abort``: where the handshake is cut, see testbed.faults.wire.HandshakeCut.
+TLS_ABORT = {"cut_after": ("client_hello", "server_hello")}
+
 #: Rule keys that are not action parameters.
 RULE_KEYS = ("server", "on", "match", "after", "times", "probability", "connection",
              "direction", "action", "name")

@@ -61,6 +61,12 @@ class StageSeam:
         fault = self.decide(stage, **attributes)
         if fault is not None and fault.wire:
             self.apply(fault)
+        elif fault is not None and fault.action == "tls_abort":
+            # Carried out here, for every protocol alike: the connection's next TLS
+            # handshake (now, on an implicit-TLS listener) is cut; the protocol goes on as usual.
+            if self._wire is not None:
+                self._wire.cut_handshake(fault.param("cut_after") or "client_hello")
+            fault = None
         if stage == "connect":
             self._connect_asked, self._connect = True, fault
         return fault

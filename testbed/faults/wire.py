@@ -21,7 +21,7 @@ from zope.interface import directlyProvides, implementer, providedBy
 from testbed.faults.engine import Fault, FaultEngine
 from testbed.faults.rules import FaultRule, ReplyStyle
 from testbed.faults.seam import SeamFactory, StageSeam
-from testbed.journal import CLOSE, DATA, ERROR, OPEN, Journal
+from testbed.journal import CLOSE, DATA, ERROR, OPEN, REPLY, Journal
 
 #: Above this many bytes held by a shaper, the producer feeding it is paused.
 HIGH_WATER = 256 * 1024
@@ -280,6 +280,8 @@ class FaultingProtocol(ProtocolWrapper):
     up: Shaper | None = None
     _gate: _ProducerGate | None = None
     _handshake_timer = None
+    #: ``tls_abort``: where to cut the next TLS handshake ("client_hello", "server_hello"), or None.
+    _cut_after: str | None = None
 
     def __init__(self, factory: "FaultingFactory", wrappedProtocol, seam: StageSeam):
         super().__init__(factory, wrappedProtocol)
@@ -464,11 +466,30 @@ class FaultingProtocol(ProtocolWrapper):
         """STARTTLS/STLS/AUTH TLS: bytes still held by a shaper (the "go ahead" reply) leave in the clear first."""
         down = self.down
         if down is not None and down.queued:
-            down.when_drained(lambda: self.transport.startTLS(ctx, normal))
+            down.when_drained(lambda: self._start_tls(ctx, normal))
         else:
-            self.transport.startTLS(ctx, normal)
+            self._start_tls(ctx, normal)
+
+    def _start_tls(self, ctx, normal) -> None:
+        self.transport.startTLS(ctx, normal)
         if self._handshake_timer is None:
             self._watch_handshake()
+        if self._cut_after is not None:
+            # Twisted puts the TLS layer between the TCP connection and us.
+            self._cut(getattr(self.transport, "protocol", None))
+
+    def cut_handshake(self, after: str) -> None:
+        """``tls_abort``: cut this connection's TLS handshake (now if TLS is already under us, else at STARTTLS)."""
+        self._cut_after = after
+        self._cut(self.transport)
+
+    def _cut(self, tls) -> None:
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+        if isinstance(tls, TLSMemoryBIOProtocol) and not isinstance(tls.transport, HandshakeCut):
+            tls.transport = HandshakeCut(tls.transport, self._cut_after,
+                                         lambda sent: self.seam.record(REPLY, command="TLS handshake", cut=True,
+                                                                       cut_after=self._cut_after, size=sent))
 
     def registerProducer(self, producer, streaming):
         self._gate = _ProducerGate(producer, streaming)
@@ -477,6 +498,39 @@ class FaultingProtocol(ProtocolWrapper):
     def unregisterProducer(self):
         self._gate = None
         self.transport.unregisterProducer()
+
+
+class HandshakeCut:
+    """Stands in for the raw transport under a TLS layer whose handshake a ``tls_abort`` fault cuts.
+
+    "client_hello": the server reads the client's hello and closes without a
+    word; "server_hello": only the first record of its answer (the
+    ServerHello) goes out, then it closes, mid-flight, whatever the TLS
+    version. The close is a plain FIN: no alert, no close_notify.
+    """
+
+    def __init__(self, inner, after: str, cut: Callable[[int], None]):
+        self.inner = inner
+        self.after = after
+        self.on_cut = cut
+        self.done = False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def writeSequence(self, data):
+        self.write(b"".join(data))
+
+    def write(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.done = True
+        sent = b""
+        if self.after == "server_hello" and len(data) >= 5:
+            sent = data[:5 + int.from_bytes(data[3:5], "big")]  # a TLS record: type, version, length, body
+            self.inner.write(sent)
+        self.on_cut(len(sent))
+        self.inner.loseConnection()
 
 
 class FaultingFactory(WrappingFactory):

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import attrs
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 
 from testbed import registry
 from testbed.runtime import in_reactor_thread
@@ -34,6 +35,30 @@ def with_backlog(endpoint: str) -> str:
 
 class WaitTimeout(AssertionError):
     """``wait_for`` ran out of time; the message says what arrived instead."""
+
+
+class ListenError(CannotListenError):
+    """A listener could not bind: which server, which config key asked for it, and why."""
+
+    def __init__(self, server: str, key: str, endpoint: str, error: CannotListenError):
+        super().__init__(error.interface, error.port, error.socketError)
+        self.server = server
+        self.key = key
+        self.endpoint = endpoint
+
+    @property
+    def address(self) -> str:
+        host = self.interface or "0.0.0.0"
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    @property
+    def reason(self) -> str:
+        error = self.socketError
+        return getattr(error, "strerror", None) or str(error)
+
+    def __str__(self) -> str:
+        return (f"servers.{self.server}.{self.key} = {self.endpoint!r}: cannot listen on {self.address} "
+                f"({self.reason})")
 
 
 @attrs.frozen
@@ -84,6 +109,11 @@ class Listener:
         if ":" in host:
             host = f"[{host}]"
         return f"{self.scheme}://{host}:{self.number}"
+
+    def to_dict(self, server: "Server") -> dict[str, Any]:
+        """JSON-ready, for ``--ports-out`` and scripts: server, protocol, label, host, port, url, tls."""
+        return {"server": server.name, "protocol": server.context.protocol, "label": self.label,
+                "host": self.host, "port": self.number, "url": self.url(), "tls": self.tls}
 
 
 class ServerFaults:
@@ -165,7 +195,8 @@ class Server(service.Service, abc.ABC):
     @property
     def tls(self):
         """The run's TLS material, serving this server's ``certificate`` chain."""
-        return self.context.tls.serving(getattr(self.config, "certificate", "valid"))
+        config = self.config
+        return self.context.tls.serving(getattr(config, "certificate", "valid"), getattr(config, "tls_versions", ()))
 
     # -- listening -----------------------------------------------------------
 
@@ -184,10 +215,19 @@ class Server(service.Service, abc.ABC):
             from twisted.protocols.tls import TLSMemoryBIOFactory
 
             outer = TLSMemoryBIOFactory(self.tls.options(), False, wrapped)
-        port = yield serverFromString(context.reactor, with_backlog(endpoint)).listen(outer)
+        try:
+            port = yield serverFromString(context.reactor, with_backlog(endpoint)).listen(outer)
+        except CannotListenError as e:
+            raise self.listen_error(endpoint, e) from None
         listener = Listener(label, port, tls, scheme or (self.tls_scheme if tls else self.scheme), wrapped)
         self.listeners.append(listener)
         return listener
+
+    def listen_error(self, endpoint: str, error: CannotListenError) -> ListenError:
+        """``error`` naming this server and the config key whose endpoint could not bind."""
+        keys = [l.key for l in registry.protocol(self.context.protocol).listeners
+                if getattr(self.config, l.key, None) == endpoint]
+        return ListenError(self.name, keys[0] if keys else "listen", endpoint, error)
 
     def stop(self) -> defer.Deferred:
         self.reset()
@@ -228,6 +268,10 @@ class Server(service.Service, abc.ABC):
 
     def describe(self) -> list[str]:
         return [f"{l.label.upper():<7} {l.url()}" for l in self.listeners]
+
+    def listener_records(self) -> list[dict[str, Any]]:
+        """Every listener as JSON-ready data (see ``Listener.to_dict``)."""
+        return [l.to_dict(self) for l in self.listeners]
 
     # -- waiting ---------------------------------------------------------------
 

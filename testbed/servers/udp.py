@@ -22,7 +22,10 @@ def udp_address(endpoint: str) -> tuple[str, int]:
 def listen_udp(server: Server, endpoint: str, protocol, label: str, port: int | None = None) -> Listener:
     """Listen on UDP at the endpoint's interface and port (or ``port`` when given)."""
     interface, number = udp_address(endpoint)
-    udp_port = server.context.reactor.listenUDP(number if port is None else port, protocol, interface=interface)
+    try:
+        udp_port = server.context.reactor.listenUDP(number if port is None else port, protocol, interface=interface)
+    except CannotListenError as e:
+        raise server.listen_error(endpoint, e) from None
     listener = Listener(label, udp_port, False, "udp")
     server.listeners.append(listener)
     return listener

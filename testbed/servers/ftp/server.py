@@ -271,6 +271,8 @@ class FTPProtocol(DataChannel, ftp.FTP):
     user: str | None = None
     _pending_user: str | None = None
     tls_active = False
+    #: A ``strip_starttls`` fault fired: this connection neither offers nor accepts AUTH TLS.
+    tls_stripped = False
     protected = False
     restart = 0
     _current = ""
@@ -288,6 +290,8 @@ class FTPProtocol(DataChannel, ftp.FTP):
         self.workingDirectory = []
         self.setTimeout(self.factory.timeOut)
         fault = self.seam.at("connect")
+        if fault is not None and fault.action == "strip_starttls":
+            self.tls_stripped, fault = True, None
         if self._fault_handled(fault, "connect"):
             return
         if fault is not None and not fault.wire:
@@ -392,7 +396,9 @@ class FTPProtocol(DataChannel, ftp.FTP):
         fault = self.seam.at(cmd, **self._attributes(cmd, params))
         if self._fault_handled(fault, cmd):
             return None
-        if fault is not None and not fault.wire:
+        if fault is not None and fault.action == "strip_starttls":
+            self.tls_stripped = True  # the downgrade: AUTH TLS neither offered nor accepted from now on
+        elif fault is not None and not fault.wire:
             if cmd in APPLIES_TO.get(fault.action, ()):
                 self._fault = fault
             else:
@@ -558,7 +564,7 @@ class FTPProtocol(DataChannel, ftp.FTP):
     # -- TLS ------------------------------------------------------------------------------------------
 
     def ftp_AUTH(self, mechanism):
-        if self.factory.tls_options is None:
+        if self.factory.tls_options is None or self.tls_stripped:
             return 502, "Command 'AUTH' not implemented."
         if self.tls_active:
             return 503, "Already using TLS."
@@ -597,7 +603,7 @@ class FTPProtocol(DataChannel, ftp.FTP):
     def features(self) -> list[str]:
         features = ["EPRT", "EPSV", "MDTM", "MLST " + "".join(f"{f}*;" for f in _MLST_FACTS), "PASV",
                     "REST STREAM", "SIZE", "TVFS", "UTF8"]
-        if self.factory.tls_options is not None:
+        if self.factory.tls_options is not None and not self.tls_stripped:
             features += ["AUTH TLS", "PBSZ", "PROT"]
         return sorted(features)
 

@@ -10,7 +10,7 @@ import typing
 
 import attrs
 
-from testbed.faults.rules import THEN, FaultSurface, ReplyStyle
+from testbed.faults.rules import THEN, TLS_ABORT, FaultSurface, ReplyStyle
 from testbed.registry import CERTIFICATE_KINDS, EPHEMERAL, ListenerSpec, ProtocolSpec
 from testbed.schema import choices
 from testbed.servers.smtp.spec import check_mail_tls
@@ -40,6 +40,8 @@ class FTPConfig:
     tls: str = choices("starttls", "none")
     #: The chain served under TLS: a valid one, or a deliberately bad one.
     certificate: str = choices(*CERTIFICATE_KINDS)
+    #: The TLS versions served, a contiguous range of TLS_VERSIONS (empty: TLS 1.2 and 1.3).
+    tls_versions: typing.List[str] = attrs.Factory(list)
     #: A real directory to serve; empty for an in-memory tree built from ``files``.
     root: str = ""
     files: typing.Dict[str, str] = attrs.Factory(dict)
@@ -98,9 +100,12 @@ SPEC = ProtocolSpec(
             "wrong_address": {"host": str, "port": int},
             "short_transfer": {"bytes": int},
             "no_completion": {},
+            "strip_starttls": {},
+            "tls_abort": TLS_ABORT,
         },
         match={"user", "path", "tls", "mode", "type", "command"},
-        where={"wrong_address": APPLIES_TO["wrong_address"],
+        where={"wrong_address": APPLIES_TO["wrong_address"], "strip_starttls": {"connect", "FEAT"},
+               "tls_abort": {"connect", "AUTH"},
                "short_transfer": APPLIES_TO["short_transfer"] | {"data"},
                "no_completion": APPLIES_TO["no_completion"] | {"data"}},
         notes={"connect": "before the greeting",

@@ -180,6 +180,7 @@ def _response_of(response: Mapping[str, Any]) -> tuple[int, list[tuple[bytes, by
 
 NO_ROUTE = (404, [(b"Content-Type", b"text/plain")], b"no route\n")
 NOT_FOUND = (404, [(b"Content-Type", b"text/plain")], b"not found\n")
+METHOD_NOT_ALLOWED = (405, [(b"Content-Type", b"text/plain")], b"method not allowed\n")
 
 #: The largest chunk a chunked request body may announce (4 GiB); a bigger size is answered 400.
 MAX_CHUNK_SIZE = 2**32
@@ -344,7 +345,9 @@ class TestbedResource(resource.Resource):
             fault = seam.at("request", method=record.method, path=record.path, query=record.query,
                             headers=headers, host=headers.get("host", ""), tls=record.tls)
             if fault is not None and not fault.wire:
-                return self.broken(request, fault, conn)
+                if fault.action != "short_body":
+                    return self.broken(request, fault, conn)
+                cut_after(request, fault.param("bytes"))
         for state in http._runtime_routes[::-1] if http._runtime_routes else ():
             if state.matches(record):
                 return self.respond(request, *state.next_response(), conn)
@@ -353,14 +356,22 @@ class TestbedResource(resource.Resource):
                 return self.respond(request, *state.next_response(), conn)
         if http.static_root is not None:
             return self.static(request, conn)
-        return self.respond(request, *NO_ROUTE, conn)
+        return self.not_found(request, NO_ROUTE, conn)
+
+    def not_found(self, request, answer: tuple, conn: int) -> bytes:
+        """``answer`` (a 404), unless this is ``GET /`` and the server has an ``index`` page."""
+        index = self.http.index
+        if index is not None and request.path == b"/" and request.method in (b"GET", b"HEAD"):
+            return self.respond(request, 200, [(b"Content-Type", b"text/html; charset=utf-8")], index, conn)
+        return self.respond(request, *answer, conn)
 
     def respond(self, request, status: int, headers: list[tuple[bytes, bytes]], body: bytes, conn: int) -> bytes:
         request.setResponseCode(status)
         set_header = request.responseHeaders.setRawHeaders
         for name, value in headers:
             set_header(name, [value])
-        self.http.context.journal.record(REPLY, self.http.name, conn, status=status, size=len(body))
+        self.http.context.journal.record(REPLY, self.http.name, conn, status=status, size=len(body),
+                                         **_cut_fields(request))
         return body
 
     # -- protocol faults ----------------------------------------------------------
@@ -378,9 +389,6 @@ class TestbedResource(resource.Resource):
         elif action == "bad_chunk":
             transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n"
                             b"5\r\nhello\r\nZZ; not-a-size\r\nbroken\r\n")
-        elif action == "short_body":
-            transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n"
-                            b"only 22 of 100 bytes\r\n")
         journal.record(REPLY, self.http.name, conn, status=None, broken=action)
         transport.loseConnection()
         return server.NOT_DONE_YET
@@ -417,7 +425,7 @@ class TestbedResource(resource.Resource):
                                     reason=reason)
             return self.respond(request, *NOT_FOUND, conn)
         if not os.path.isfile(target):
-            return self.respond(request, *NOT_FOUND, conn)
+            return self.not_found(request, NOT_FOUND, conn)
         ranges = request.getHeader(b"range")
         if ranges is not None and not _readable_range(ranges):
             # twisted.web.static answers an empty or non-UTF-8 Range with a 500 and a logged traceback.
@@ -425,8 +433,51 @@ class TestbedResource(resource.Resource):
                                         range=ranges.decode("latin-1")[:200])
             size = os.path.getsize(target)
             return self.respond(request, 416, [(b"Content-Range", b"bytes */%d" % size)], b"", conn)
-        http.context.journal.record(REPLY, http.name, conn, status=200, file=os.path.relpath(target, http.static_root))
-        return static.File(target).render(request)
+        file = os.path.relpath(target, http.static_root)
+        try:
+            body = static.File(target).render(request)
+        except resource.UnsupportedMethod as e:
+            # Answered here: twisted.web's own 405 page is a deprecated, unescaped one.
+            request.setHeader(b"Allow", b", ".join(e.allowedMethods))
+            return self.respond(request, *METHOD_NOT_ALLOWED, conn)
+        # File.render has chosen the status by now: 200, 206, 304, 416...
+        http.context.journal.record(REPLY, http.name, conn, status=request.code, file=file, **_cut_fields(request))
+        return body
+
+
+def cut_after(request, limit: int | None) -> None:
+    """``short_body``: send this request's real response, but close the connection after ``limit`` body bytes.
+
+    The headers still promise the whole body (its Content-Length, or a
+    range's), so a client sees the connection end early. Without ``limit``,
+    half the promised length goes out.
+    """
+    write = request.write
+    state = {"left": limit}
+
+    def cutting_write(data: bytes) -> None:
+        left = state["left"]
+        if left is None:
+            promised = request.responseHeaders.getRawHeaders(b"content-length")
+            left = int(promised[0]) // 2 if promised else len(data) // 2
+        if left < 0:
+            return
+        if len(data) < left:
+            state["left"] = left - len(data)
+            write(data)
+            return
+        state["left"] = -1
+        write(data[:left])
+        request.channel.transport.loseConnection()
+
+    request.write = cutting_write
+    request.testbed_cut = limit if limit is not None else "half"
+
+
+def _cut_fields(request) -> dict:
+    """What a reply's journal entry adds when ``short_body`` cuts it."""
+    cut = getattr(request, "testbed_cut", None)
+    return {} if cut is None else {"broken": "short_body", "cut_after": cut}
 
 
 class QuietSite(SeamFactory, server.Site):
@@ -464,6 +515,8 @@ class HTTPServer(Server):
         self.static_root = self.context.path(config.static) if config.static else None
         self.static_real = os.path.realpath(self.static_root) if self.static_root else None
         self.limit = context.journal.max_events
+        #: What ``GET /`` answers when no route or static file does (the daemon lists its servers), or None.
+        self.index: bytes | None = None
 
     @defer.inlineCallbacks
     def start(self):

@@ -10,7 +10,7 @@ import typing
 
 import attrs
 
-from testbed.faults.rules import FaultSurface
+from testbed.faults.rules import TLS_ABORT, FaultSurface
 from testbed.registry import CERTIFICATE_KINDS, EPHEMERAL, ListenerSpec, ProtocolSpec
 from testbed.schema import choices
 
@@ -42,6 +42,8 @@ class HTTPConfig:
     tls_listen: str = EPHEMERAL
     #: The chain served under TLS: a valid one, or a deliberately bad one.
     certificate: str = choices(*CERTIFICATE_KINDS)
+    #: The TLS versions served, a contiguous range of TLS_VERSIONS (empty: TLS 1.2 and 1.3).
+    tls_versions: typing.List[str] = attrs.Factory(list)
     static: str = ""
     routes: typing.List[Route] = attrs.Factory(list)
 
@@ -66,11 +68,12 @@ SPEC = ProtocolSpec(
             "reply": {"status": int, "headers": dict, "body": str, "json": object},
             "malformed": {},
             "bad_chunk": {},
-            "short_body": {},
+            "short_body": {"bytes": int},
             "empty": {},
+            "tls_abort": TLS_ABORT,
         },
         match={"method", "path", "query", "headers", "host", "tls"},
-        where={action: {"request"} for action in _REQUEST_ACTIONS},
+        where={**{action: {"request"} for action in _REQUEST_ACTIONS}, "tls_abort": {"connect"}},
         notes={"connect": "a connection is accepted", "request": "a request's head and body have arrived"},
     ),
     listeners=(

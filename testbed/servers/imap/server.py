@@ -6,6 +6,9 @@ response itself (Twisted's never slices partials, never sets \\Seen, retitles
 header names and iterates on the global reactor), SEARCH evaluates keys itself
 (Twisted's compares bytes with str on Python 3), and LOGIN/AUTHENTICATE, STARTTLS,
 IDLE, SELECT, STATUS, APPEND and COPY answer with RFC 3501/5530 response codes.
+The extensions production servers offer, which Twisted lacks, are added here:
+UIDPLUS (APPENDUID, COPYUID, UID EXPUNGE), MOVE, ID, ENABLE, UNSELECT,
+SPECIAL-USE (the mailboxes come from ``store.SPECIAL_USE``) and LITERAL+.
 Bad input is refused before Twisted sees it: a literal size Twisted's int() would take
 ("{-1}", "{1_0}") gets BAD, and an undecodable mailbox name NO without the traceback
 Twisted's ``_parseMbox`` logs.
@@ -36,6 +39,13 @@ from testbed.servers.base import Server
 from testbed.servers.imap.store import (Account, LoginCredentials, SearchError, body_structure, envelope,
                                         imap_date, parse_imap_date, portal_for, wire)
 
+#: Extensions beyond IMAP4rev1 that CAPABILITY lists after AUTH and IDLE.
+EXTENSIONS = (b"NAMESPACE", b"CHILDREN", b"UIDPLUS", b"MOVE", b"ID", b"ENABLE", b"UNSELECT", b"SPECIAL-USE",
+              b"LITERAL+")
+
+#: What ``ID`` (RFC 2971) says about the server.
+SERVER_ID = (b"name", b"twisted-testbed", b"vendor", b"twisted-testbed")
+
 IMAP4Server = imap4.IMAP4Server
 
 #: SASL mechanisms the server knows; the scenario's ``auth`` picks among them.
@@ -57,6 +67,20 @@ MAX_LITERAL = 64 * 1024 * 1024
 _LITERAL = re.compile(rb"\{(\d+)\}\r\n")
 _LITERAL_SIZE = re.compile(rb"[0-9]{1,20}")
 _LITERAL_SPEC = re.compile(rb"(?:^|\s)\{([^{}]*)\}$")
+
+#: A non-synchronizing literal (LITERAL+, RFC 7888) ending a line: the client sends it without waiting for "+".
+_NONSYNC = re.compile(rb"\{(\d+)\+\}$")
+
+
+def uid_set(uids: list[int]) -> bytes:
+    """A UID set in ranges ("3:5,9"), in the order given (COPYUID pairs its two sets by position)."""
+    runs: list[list[int]] = []
+    for uid in uids:
+        if runs and uid == runs[-1][1] + 1:
+            runs[-1][1] = uid
+        else:
+            runs.append([uid, uid])
+    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in runs)
 
 
 def _text(value: Any) -> str:
@@ -200,6 +224,13 @@ class TestbedIMAPServer(IMAP4Server):
     #: Long enough for the longest UID sets clients send (LineReceiver's default is 16 KiB).
     MAX_LENGTH = 64 * 1024
     lost = False
+    #: The line being parsed ended in a LITERAL+ literal: its data follows without a "+".
+    _nonsync = False
+    #: A ``strip_starttls`` fault fired: this connection neither offers nor accepts STARTTLS.
+    _tls_stripped = False
+    #: Bytes of a failed command's LITERAL+ literal still to drop, then the rest of its line.
+    _discarding = 0
+    _discard_rest = False
 
     def __init__(self, factory: "IMAPFactory"):
         challengers = {name.encode(): (lambda make=make: make(factory.hostname))
@@ -307,6 +338,8 @@ class TestbedIMAPServer(IMAP4Server):
             interfaces.ISSLTransport(self.transport, None) is not None)
         self.setTimeout(self.timeOut)
         fault = self.seam.at("connect")
+        if fault is not None and fault.action == "strip_starttls":
+            self._tls_stripped, fault = True, None
         if fault is not None and fault.action == "preauth":
             self._preauth(fault)
         elif not self.seam.carry_out(fault, "connect", self._send_untagged, command="connect", tag=None):
@@ -332,6 +365,50 @@ class TestbedIMAPServer(IMAP4Server):
             self.mbox.removeListener(self)
             self.mbox = None
         super().connectionLost(reason)
+
+    def lineReceived(self, line):
+        # LITERAL+: "{n+}" is read as "{n}", and the "+" Twisted would then send is not.
+        if self._discard_rest:
+            self._discard_rest = False
+            match = _NONSYNC.search(line)
+            if match is not None:
+                self._discard(int(match.group(1)))
+            return None
+        match = None
+        if self.blocked is None and self.parseState in ("command", "pending"):
+            match = _NONSYNC.search(line)
+            if match is not None:
+                line = line[:match.start()] + b"{" + match.group(1) + b"}"
+                self._nonsync = True
+        try:
+            return super().lineReceived(line)
+        finally:
+            if self._nonsync:
+                # The command failed before reading its literal, which is on its way
+                # regardless: it must not be taken for commands.
+                self._nonsync = False
+                self._discard(int(match.group(1)))
+
+    def sendContinuationRequest(self, msg=b"Ready for additional command text"):
+        if self._nonsync:
+            self._nonsync = False
+            return
+        super().sendContinuationRequest(msg)
+
+    def _discard(self, size: int) -> None:
+        """Drop the next ``size`` bytes (a failed command's literal), then the rest of that command's line."""
+        self._discarding = size
+        self.journal(ERROR, error="literal discarded", size=size)
+        self.setRawMode()
+
+    def rawDataReceived(self, data):
+        if not self._discarding:
+            return super().rawDataReceived(data)
+        taken = min(len(data), self._discarding)
+        self._discarding -= taken
+        if not self._discarding:
+            self._discard_rest = True
+            self.setLineMode(data[taken:])
 
     def lineLengthExceeded(self, line):
         # LineReceiver would drop the connection without a word.
@@ -374,11 +451,11 @@ class TestbedIMAPServer(IMAP4Server):
             attrs["mechanism"] = _text(args[0]).upper()
         if name in _MAILBOX_FIRST and args:
             mailbox = _mailbox_text(args[0])
-        elif name == "COPY" and len(args) > 1:
-            mailbox = _mailbox_text(args[1])
         elif name in ("LIST", "LSUB") and len(args) > 1:
             mailbox = _mailbox_text(args[1])
-        if name in ("FETCH", "STORE", "COPY") and args:
+        elif name in ("COPY", "MOVE") and len(args) > 1:
+            mailbox = _mailbox_text(args[1])
+        if name in ("FETCH", "STORE", "COPY", "MOVE") and args:
             attrs["message"] = str(args[0])
         attrs["user"] = user
         attrs["mailbox"] = mailbox
@@ -404,6 +481,8 @@ class TestbedIMAPServer(IMAP4Server):
             if self.tap is None:
                 self.tap = ResponseTap(self.transport, self, tag, fault)
                 self.transport = self.tap
+        elif action == "strip_starttls":
+            self._tls_stripped = True  # the downgrade: STARTTLS neither offered nor accepted from now on
         elif action == "idle_no_ack":
             self._idle_ack = False
         elif action == "uidvalidity_change":
@@ -435,7 +514,7 @@ class TestbedIMAPServer(IMAP4Server):
     # -- capabilities, STARTTLS, LOGIN, AUTHENTICATE ----------------------------------------
 
     def _starttls_offered(self) -> bool:
-        return bool(self.ctx) and self.canStartTLS and not self.secure
+        return bool(self.ctx) and self.canStartTLS and not self.secure and not self._tls_stripped
 
     def _login_disabled(self) -> bool:
         return self.factory.require_tls and not self.secure
@@ -450,15 +529,15 @@ class TestbedIMAPServer(IMAP4Server):
         else:
             cap[b"AUTH"] = list(self.challengers)
         cap[b"IDLE"] = None
-        cap[b"NAMESPACE"] = None
-        cap[b"CHILDREN"] = None
+        for extension in EXTENSIONS:
+            cap[extension] = None
         return cap
 
     def do_STARTTLS(self, tag):
         # Twisted's does not drop plaintext pipelined after STARTTLS (the STARTTLS injection flaw).
         if self.secure:
             self.sendBadResponse(tag, b"TLS is already active")
-        elif not (self.ctx and self.canStartTLS):
+        elif not (self.ctx and self.canStartTLS) or self._tls_stripped:
             self.sendNegativeResponse(tag, b"TLS not available")
         else:
             self.sendPositiveResponse(tag, b"Begin TLS negotiation now")
@@ -589,27 +668,141 @@ class TestbedIMAPServer(IMAP4Server):
             self.sendBadResponse(tag, b"Invalid date-time")
             return
         try:
-            mbox.append(message.read(), [_text(f) for f in flags or ()], when)
+            uid = mbox.append(message.read(), [_text(f) for f in flags or ()], when)
         except ValueError as e:
             self.sendNegativeResponse(tag, b"[CANNOT] " + str(e).encode("utf-8", "replace"))
             return
-        self.sendPositiveResponse(tag, b"APPEND completed")
+        self.sendPositiveResponse(tag, b"[APPENDUID %d %d] APPEND completed" % (mbox.getUIDValidity(), uid))
 
     def arg_literal(self, line):
         match = re.fullmatch(rb"\{(\d+)\}", line or b"")
         if match is not None and int(match.group(1)) > MAX_LITERAL:
             self.sendNegativeResponse(self._tag, b"[TOOBIG] Message too large")
-            return defer.Deferred()  # never fires: the command ends here, the client sends no literal
+            # Never fires: the command ends here. The client sends no literal, or
+            # (LITERAL+) sends it anyway and lineReceived drops it.
+            return defer.Deferred()
         return IMAP4Server.arg_literal(self, line)
 
     auth_APPEND = select_APPEND = (IMAP4Server.do_APPEND, IMAP4Server.arg_astring, IMAP4Server.opt_plist,
                                    IMAP4Server.opt_datetime, arg_literal)
 
     def _cbCopySelectedMailbox(self, mbox, tag, messages, mailbox, uid):
+        # Twisted's answers a missing mailbox without [TRYCREATE] and never says COPYUID (RFC 4315).
         if not mbox:
             self.sendNegativeResponse(tag, b"[TRYCREATE] No such mailbox")
             return
-        return super()._cbCopySelectedMailbox(mbox, tag, messages, mailbox, uid)
+        copied = self._copy_to(mbox, messages, uid, tag)
+        if copied is not None:
+            self.sendPositiveResponse(tag, self._copyuid(mbox, *copied) + b"COPY completed")
+
+    def _copy_to(self, target, messages, uid, tag) -> tuple[list[int], list[int]] | None:
+        """Copy the messages to ``target``: (source UIDs, new UIDs), or None after a NO."""
+        sources, copies = [], []
+        try:
+            for _, message in self.mbox.fetch(messages, uid):
+                copies.append(target.copy(message))
+                sources.append(message.getUID())
+        except ValueError as e:
+            self.sendNegativeResponse(tag, b"[CANNOT] " + str(e).encode("utf-8", "replace"))
+            return None
+        return sources, copies
+
+    @staticmethod
+    def _copyuid(target, sources: list[int], copies: list[int]) -> bytes:
+        if not sources:
+            return b""
+        return b"[COPYUID %d %s %s] " % (target.getUIDValidity(), uid_set(sources), uid_set(copies))
+
+    # -- UIDPLUS, MOVE, UNSELECT, ID, ENABLE --------------------------------------------------
+
+    def do_UID(self, tag, command, line):
+        # Twisted's knows only UID COPY, FETCH, STORE and SEARCH.
+        command = command.upper()
+        if command not in (b"COPY", b"FETCH", b"STORE", b"SEARCH", b"EXPUNGE", b"MOVE"):
+            raise imap4.IllegalClientResponse(command)
+        self.dispatchCommand(tag, command, line, uid=1)
+
+    select_UID = (do_UID, IMAP4Server.arg_atom, IMAP4Server.arg_line)
+
+    def opt_uid_set(self, line):
+        """EXPUNGE takes nothing; UID EXPUNGE a UID set (RFC 4315)."""
+        if not (line or b"").strip():
+            return None, b""
+        return IMAP4Server.arg_seqset(self, line)
+
+    def do_EXPUNGE(self, tag, uids=None, uid=0):
+        if not uid:
+            if uids is not None:
+                raise imap4.IllegalClientResponse("EXPUNGE takes no arguments")
+            return IMAP4Server.do_EXPUNGE(self, tag)
+        if uids is None:
+            raise imap4.IllegalClientResponse("UID EXPUNGE needs a UID set")
+        if not self.mbox.isWriteable():
+            self.sendNegativeResponse(tag, b"[READ-ONLY] Mailbox is read-only")
+            return
+        for seq in self.mbox.expunge_uids(uids):
+            self.sendUntaggedResponse(b"%d EXPUNGE" % seq)
+        self.sendPositiveResponse(tag, b"UID EXPUNGE completed")
+
+    select_EXPUNGE = (do_EXPUNGE, opt_uid_set)
+
+    def do_MOVE(self, tag, messages, mailbox, uid=0):
+        """RFC 6851: copy, say COPYUID untagged, expunge the originals, then OK."""
+        if not self.mbox.isWriteable():
+            self.sendNegativeResponse(tag, b"[READ-ONLY] Mailbox is read-only")
+            return
+        target = self.account.select(imap4._parseMbox(mailbox))
+        if not target:
+            self.sendNegativeResponse(tag, b"[TRYCREATE] No such mailbox")
+            return
+        copied = self._copy_to(target, messages, uid, tag)
+        if copied is None:
+            return
+        sources, copies = copied
+        if sources:
+            self.sendUntaggedResponse(b"OK " + self._copyuid(target, sources, copies) + b"Moved")
+        for seq in self.mbox.remove(sources):
+            self.sendUntaggedResponse(b"%d EXPUNGE" % seq)
+        self.sendPositiveResponse(tag, b"MOVE completed")
+
+    select_MOVE = (do_MOVE, IMAP4Server.arg_seqset, IMAP4Server.arg_finalastring)
+
+    def do_UNSELECT(self, tag):
+        """RFC 3691: leave the selected mailbox without expunging it."""
+        self.mbox.removeListener(self)
+        self.mbox = None
+        self.state = "auth"
+        self.sendPositiveResponse(tag, b"UNSELECT completed")
+
+    select_UNSELECT = (do_UNSELECT,)
+
+    def arg_id_params(self, line):
+        """ID's argument: NIL, or a parenthesized list of field-value pairs (RFC 2971)."""
+        line = (line or b"").strip()
+        if line.upper() == b"NIL":
+            return None, b""
+        try:
+            params = imap4.parseNestedParens(line)
+        except Exception as e:
+            raise imap4.IllegalClientResponse(f"bad ID parameters: {e}") from None
+        if len(params) != 1 or not isinstance(params[0], list) or len(params[0]) % 2:
+            raise imap4.IllegalClientResponse("ID takes NIL or a list of field-value pairs")
+        return params[0], b""
+
+    def do_ID(self, tag, params):
+        self.sendUntaggedResponse(b"ID (" + b" ".join(b'"%s"' % v for v in SERVER_ID) + b")")
+        self.sendPositiveResponse(tag, b"ID completed")
+
+    unauth_ID = auth_ID = select_ID = (do_ID, arg_id_params)
+
+    def do_ENABLE(self, tag, extensions):
+        # None of the extensions ENABLE can turn on (CONDSTORE, UTF8=ACCEPT...) is offered: none is enabled.
+        if not extensions.strip():
+            raise imap4.IllegalClientResponse("ENABLE needs at least one capability")
+        self.sendUntaggedResponse(b"ENABLED")
+        self.sendPositiveResponse(tag, b"ENABLE completed")
+
+    auth_ENABLE = (do_ENABLE, IMAP4Server.arg_line)
 
     # -- IDLE -----------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import typing
 
 import attrs
 
-from testbed.faults.rules import THEN, FaultSurface, ReplyStyle
+from testbed.faults.rules import THEN, TLS_ABORT, FaultSurface, ReplyStyle
 from testbed.registry import ListenerSpec, MailListenersConfig, ProtocolSpec
 from testbed.servers.smtp.spec import MECHANISMS, check_mail_tls
 
@@ -46,7 +46,7 @@ SPEC = ProtocolSpec(
         stages={"connect", "CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "LOGIN", "AUTHENTICATE",
                 "NAMESPACE", "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE",
                 "UNSUBSCRIBE", "LIST", "LSUB", "STATUS", "APPEND", "IDLE", "CHECK", "CLOSE",
-                "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY"},
+                "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UNSELECT", "ID", "ENABLE"},
         actions={
             "reply": {"status": ("NO", "BAD", "BYE"), "message": str, "then": THEN},
             "preauth": {"user": str},
@@ -55,9 +55,12 @@ SPEC = ProtocolSpec(
             "short_literal": {"missing": int},
             "idle_no_ack": {},
             "uidvalidity_change": {},
+            "strip_starttls": {},
+            "tls_abort": TLS_ABORT,
         },
         match={"user", "mailbox", "message", "tls", "uid", "mechanism"},
-        where={"preauth": {"connect"}, "idle_no_ack": {"IDLE"}, "uidvalidity_change": {"SELECT", "EXAMINE"}},
+        where={"preauth": {"connect"}, "idle_no_ack": {"IDLE"}, "uidvalidity_change": {"SELECT", "EXAMINE"},
+               "strip_starttls": {"connect", "CAPABILITY"}, "tls_abort": {"connect", "STARTTLS"}},
         notes={"connect": "before the greeting (a reply there is untagged)"},
     ),
     replies=ReplyStyle(code_key="status", default_code="NO", stage_codes={"connect": "BYE"}, texts=FAULT_TEXTS,

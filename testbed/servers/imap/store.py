@@ -711,9 +711,27 @@ class SessionMailbox:
         if self.view is None:
             self.box.expunge()
             return []
+        return self._collecting_expunges(self.box.expunge)
+
+    def expunge_uids(self, uids: imap4.MessageSet) -> list[int]:
+        """UID EXPUNGE (RFC 4315): remove the \\Deleted messages among ``uids``; their sequence numbers, to send."""
+        listed = self.messages()
+        uids.last = listed[-1].uid if listed else 0
+        doomed = [m.uid for m in listed if m.uid in uids and "\\Deleted" in m.flags]
+        return self.remove(doomed)
+
+    def remove(self, uids: Iterable[int]) -> list[int]:
+        """Remove the messages ``uids`` whatever their flags (MOVE); their sequence numbers, to send as EXPUNGE."""
+        if not self.writeable:
+            raise ReadOnlyMailbox("[READ-ONLY] Mailbox is read-only")
+        return self._collecting_expunges(lambda: self.box.delete(uids))
+
+    def _collecting_expunges(self, remove: Callable[[], Any]) -> list[int]:
+        # The store's "expunge" events arrive in descending order, so each number
+        # is still right when the EXPUNGE responses go out in that order.
         self._expunged = []
         try:
-            self.box.expunge()
+            remove()
             return self._expunged
         finally:
             self._expunged = None
@@ -815,14 +833,23 @@ def _name(name: str | bytes) -> str:
     return imap4._parseMbox(name) if isinstance(name, bytes) else name
 
 
+#: SPECIAL-USE mailboxes (RFC 6154) every user has: name -> the LIST attribute that marks it.
+SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
+               "Archive": "\\Archive"}
+
+
 @implementer(imap4.IAccount, imap4.INamespacePresenter)
 class Account:
-    """A user's mailboxes in the store."""
+    """A user's mailboxes in the store; the SPECIAL-USE ones are made on first login."""
 
     def __init__(self, store: MailStore, user: str, on_stored: Callable[..., None] | None = None):
         self.store = store
         self.user = user
         self.on_stored = on_stored
+        existing = set(store.list_mailboxes(user))
+        for name in SPECIAL_USE:
+            if name not in existing:
+                store.create_mailbox(user, name)
 
     def stored(self, how: str, mailbox: str, message: StoredMessage) -> None:
         if self.on_stored is not None:
@@ -896,7 +923,10 @@ class Account:
         for name in names:
             if pattern.fullmatch(name):
                 children = any(other.startswith(name + SEPARATOR) for other in names)
-                found.append((name, ListEntry(["\\HasChildren" if children else "\\HasNoChildren"])))
+                attributes = ["\\HasChildren" if children else "\\HasNoChildren"]
+                if name in SPECIAL_USE:
+                    attributes.append(SPECIAL_USE[name])
+                found.append((name, ListEntry(attributes)))
         return found
 
     # INamespacePresenter
@@ -941,5 +971,5 @@ class LoginCredentials(imap4.LOGINCredentials):
         self.challenges = [b"Password:", b"Username:"]
 
 
-__all__ = ["Account", "IMAPMessage", "MailRealm", "Part", "SearchError", "SessionMailbox",
+__all__ = ["Account", "IMAPMessage", "MailRealm", "Part", "SPECIAL_USE", "SearchError", "SessionMailbox",
            "body_structure", "envelope", "imap_date", "parse_imap_date", "portal_for", "wire"]

@@ -342,6 +342,8 @@ class TestbedPOP3(pop3.POP3):
     _sasl_fault = None
     #: Set by STLS: lines already read in the same packet are plaintext injection, dropped.
     _drop_buffered = False
+    #: A ``strip_starttls`` fault fired: this connection neither offers nor accepts STLS.
+    _tls_stripped = False
 
     # -- connection life ------------------------------------------------------------
 
@@ -352,6 +354,8 @@ class TestbedPOP3(pop3.POP3):
         self.setTimeout(self.timeOut)
         greeting = f"{factory.hostname} POP3 server ready {self.magic.decode('ascii')}"
         fault = self.seam.at("connect", tls=self._tls)
+        if fault is not None and fault.action == "strip_starttls":
+            self._tls_stripped, fault = True, None
         if self._fault_handled(fault, "connect"):
             return
         self._respond(b"+OK", greeting, fault=None if fault is None or fault.wire else fault)
@@ -510,12 +514,14 @@ class TestbedPOP3(pop3.POP3):
         caps = [b"TOP", b"UIDL", b"USER", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING", b"SASL PLAIN"]
         if self._plaintext_refused():  # RFC 2595 4: no USER (nor SASL) while it would be refused
             caps = [c for c in caps if c not in (b"USER", b"SASL PLAIN")]
-        if self.factory.starttls and not self._tls and self.mbox is None:
+        if self.factory.starttls and not self._tls and self.mbox is None and not self._tls_stripped:
             caps.append(b"STLS")
         caps.append(b"IMPLEMENTATION " + IMPLEMENTATION)
         return caps
 
     def cmd_CAPA(self, fault):
+        if fault is not None and fault.action == "strip_starttls":
+            self._tls_stripped, fault = True, None  # the downgrade: STLS neither offered nor accepted from now on
         self._respond(b"+OK", "capability list follows", self.listCapabilities(), fault)
 
     def cmd_USER(self, fault, name):
@@ -597,7 +603,7 @@ class TestbedPOP3(pop3.POP3):
         if self._tls:
             return self._respond(b"-ERR", "TLS already active", fault=fault)
         start = getattr(self.transport, "startTLS", None)
-        if not self.factory.starttls or start is None:
+        if not self.factory.starttls or start is None or self._tls_stripped:
             return self._respond(b"-ERR", "STLS not available", fault=fault)
         self._respond(b"+OK", "Begin TLS negotiation", fault=fault)
         if getattr(self.transport, "disconnecting", False):

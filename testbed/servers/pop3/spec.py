@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import attrs
 
-from testbed.faults.rules import THEN, FaultSurface, ReplyStyle
+from testbed.faults.rules import THEN, TLS_ABORT, FaultSurface, ReplyStyle
 from testbed.registry import ListenerSpec, MailListenersConfig, ProtocolSpec
 from testbed.servers.smtp.spec import check_mail_tls
 
@@ -33,9 +33,12 @@ SPEC = ProtocolSpec(
             "no_terminator": {},
             "wrong_size": {"delta": int},
             "disconnect": {"bytes": int},
+            "strip_starttls": {},
+            "tls_abort": TLS_ABORT,
         },
         match={"user", "message", "tls"},
-        where={"wrong_size": {"STAT", "LIST", "RETR"}},
+        where={"wrong_size": {"STAT", "LIST", "RETR"}, "strip_starttls": {"connect", "CAPA"},
+               "tls_abort": {"connect", "STLS"}},
         notes={"connect": "before the greeting"},
     ),
     replies=ReplyStyle(code_key=None, default_code="-ERR", default_text="[SYS/TEMP] fault injected by the testbed",

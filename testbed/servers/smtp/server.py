@@ -284,6 +284,8 @@ class TestbedSMTP(smtp.ESMTP):
         self._silenced = False
         self._rejecting = False
         self._halt = False
+        #: A ``strip_starttls`` fault fired: this connection neither offers nor accepts STARTTLS.
+        self._tls_stripped = False
         self._overflow = False
         self._helo_seen = self._helo_text = None
         self._mail_from = ""
@@ -492,7 +494,9 @@ class TestbedSMTP(smtp.ESMTP):
     def connectionMade(self) -> None:
         self.tls = bool(getattr(getattr(self.transport, "factory", None), "tls", False))
         fault = self.seam.at("connect")
-        if fault is None or fault.wire:
+        if fault is not None and fault.action == "strip_starttls":
+            self._tls_stripped = True
+        if fault is None or fault.wire or self._tls_stripped:
             smtp.SMTP.connectionMade(self)
             return
         peer = self.transport.getPeer()
@@ -518,11 +522,13 @@ class TestbedSMTP(smtp.ESMTP):
         return ext
 
     def _can_start_tls(self) -> bool:
-        return self.config.tls == "starttls" and self.ctx is not None and not self.tls
+        return self.config.tls == "starttls" and self.ctx is not None and not self.tls and not self._tls_stripped
 
     def _hello(self, rest: bytes, stage: str) -> bool:
         """The common part of HELO and EHLO; False when answered already."""
         fault = self.seam.at(stage, **self._attributes(helo=_text(rest)))
+        if fault is not None and fault.action == "strip_starttls":
+            self._tls_stripped = True  # the downgrade: STARTTLS neither offered nor accepted from now on
         if self._fault_handled(fault, stage):
             return False
         if not rest:

@@ -9,7 +9,7 @@ import typing
 
 import attrs
 
-from testbed.faults.rules import THEN, FaultSurface, ReplyStyle
+from testbed.faults.rules import THEN, TLS_ABORT, FaultSurface, ReplyStyle
 from testbed.registry import ListenerSpec, MailListenersConfig, ProtocolSpec
 
 #: SASL mechanisms the SMTP and IMAP servers can offer.
@@ -64,8 +64,10 @@ SPEC = ProtocolSpec(
     faults=FaultSurface(
         stages={"connect", "EHLO", "HELO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA",
                 "message", "RSET", "NOOP", "VRFY", "QUIT"},
-        actions={"reply": {"code": int, "message": str, "then": THEN}, "silence": {}},
+        actions={"reply": {"code": int, "message": str, "then": THEN}, "silence": {}, "strip_starttls": {},
+                 "tls_abort": TLS_ABORT},
         match={"mail_from", "rcpt", "user", "mechanism", "helo", "size", "tls"},
+        where={"strip_starttls": {"connect", "EHLO"}, "tls_abort": {"connect", "STARTTLS"}},
         notes={"connect": "before the greeting", "DATA": "before the 354 (a wire action acts after it)",
                "message": "after the final dot, before the message is stored and acknowledged"},
     ),
