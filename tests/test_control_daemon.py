@@ -75,3 +75,22 @@ def test_the_default_scenario_serves_the_control_api_on_loopback_2580():
 def test_a_non_loopback_control_without_a_token_is_refused():
     with pytest.raises(usage.UsageError, match=r"control.token: expected a token"):
         Options().parseOptions(["--control", "tcp:0"])
+
+
+def test_a_taken_control_port_is_one_line_naming_the_option(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from _daemon import TWISTD
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, *TWISTD, "-n", "--pidfile", "", "testbed", *ephemeral("control"),
+                                 "--control", f"tcp:{port}:interface=127.0.0.1"],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.splitlines() == [
+        f"twisted-testbed: cannot listen on 127.0.0.1:{port} (Address already in use), asked for by --control"]
