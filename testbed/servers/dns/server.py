@@ -543,6 +543,6 @@ class DNSServer(Server):
         self.context.journal.record(STORED, self.name, None, record=how, name=name, type=rtype, value=value, ttl=ttl)
         return result
 
-    def wait_for(self, predicate_or_count: Any = 1, timeout: float = 5.0):
-        """The queries once ``count`` have been answered, or those matching ``predicate``."""
-        return self.wait_for_items(lambda: list(self.factory.queries), predicate_or_count, timeout, "query")
+    def wait_records(self, selector: str | None):
+        """``wait_for`` reads the answered queries (``DNSQuery``)."""
+        return (lambda: list(self.factory.queries)), "query"

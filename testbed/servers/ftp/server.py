@@ -1058,6 +1058,6 @@ class FTPServer(Server):
                 return f.read()
         return self.context.call(self.shell.read_bytes, path)
 
-    def wait_for(self, predicate_or_count: Any = 1, timeout: float = 5.0):
-        """The uploads once ``count`` have completed, or those matching ``predicate``."""
-        return self.wait_for_items(lambda: list(self.uploads), predicate_or_count, timeout, "upload")
+    def wait_records(self, selector: str | None):
+        """``wait_for`` reads the completed uploads (``FTPUpload``)."""
+        return (lambda: list(self.uploads)), "upload"

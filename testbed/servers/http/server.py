@@ -382,6 +382,6 @@ class HTTPServer(Server):
         self._runtime_routes.append(RouteState(route))
         self.context.journal.record(STORED, self.name, None, route=f"{route.method} {route.path}")
 
-    def wait_for(self, predicate_or_count: Any = 1, timeout: float = 5.0):
-        """The requests once ``count`` have arrived, or those matching ``predicate``."""
-        return self.wait_for_items(lambda: list(self.requests), predicate_or_count, timeout, "request")
+    def wait_records(self, selector: str | None):
+        """``wait_for`` reads the requests (``HTTPRequest``)."""
+        return (lambda: self.requests), "request"

@@ -830,12 +830,15 @@ class IMAPServer(Server):
         context = self.context
         return context.call(context.mail().deliver, recipient, raw)
 
-    def wait_for(self, predicate_or_count: Any = 1, timeout: float = 5.0, of: str = "commands"):
-        """Wait for ``of`` ("commands", "replies" or "logins"): a count, or one matching ``predicate``."""
+    wait_selector = "of"
+
+    def wait_records(self, selector: str | None):
+        """``wait_for(of=...)`` reads "commands" (the default), "replies" or "logins" (journal events)."""
         sources = {"commands": lambda: self.commands, "replies": lambda: self.replies, "logins": lambda: self.logins}
+        of = selector or "commands"
         if of not in sources:
             raise ValueError(f"wait_for(of=...): one of {', '.join(sources)}, not {of!r}")
-        return self.wait_for_items(sources[of], predicate_or_count, timeout, of.rstrip("s"))
+        return sources[of], of.rstrip("s")
 
 
 

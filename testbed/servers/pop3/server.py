@@ -845,12 +845,12 @@ class POP3Server(Server):
         "close": lambda s: [x for x in s.log.sessions if x.closed],
     }
 
-    def wait_for(self, predicate_or_count: Any = 1, timeout: float = 5.0, kind: str = "login"):
-        """Sessions (``kind="login"``, ``"quit"``, ``"close"``) or retrievals (``"retr"``, ``"top"``).
+    wait_selector = "kind"
 
-        Returns once ``count`` are there, or one matches ``predicate``; raises ``WaitTimeout`` otherwise.
-        """
+    def wait_records(self, selector: str | None):
+        """``wait_for(kind=...)`` reads sessions ("login", the default; "quit", "close") or retrievals ("retr", "top")."""
+        kind = selector or "login"
         if kind not in self._KINDS:
             raise ValueError(f"kind must be one of {', '.join(self._KINDS)}, not {kind!r}")
         collect = self._KINDS[kind]
-        return self.wait_for_items(lambda: collect(self), predicate_or_count, timeout, kind)
+        return (lambda: collect(self)), kind

@@ -40,7 +40,6 @@ Twisted quirks worked around here (Twisted 26.10):
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import re
 from typing import Any
@@ -800,20 +799,9 @@ class SMTPServer(Server):
         """Every message accepted since the test began, in order."""
         return list(self.factory.messages)
 
-    def wait_for(self, count: int | None = None, to: str | None = None, timeout: float = 5.0):
-        """The messages (to recipients matching the glob ``to``, when given) once ``count`` (default 1) arrived.
+    #: ``wait_for(to="alice@*")`` globs the recipients, ``sender=`` the envelope sender.
+    wait_aliases = {"to": "rcpt_to", "sender": "mail_from"}
 
-        Raises ``WaitTimeout`` naming what arrived instead; in the reactor thread, returns a Deferred.
-        """
-        count = 1 if count is None else int(count)
-
-        def collect() -> list[SMTPMessage]:
-            found = list(self.factory.messages)
-            if to is not None:
-                pattern = to.lower()
-                found = [m for m in found if any(fnmatch.fnmatchcase(r.lower(), pattern) for r in m.rcpt_to)]
-            return found
-
-        what = f"{count} message(s)" + (f" to {to!r}" if to is not None else "")
-        return self._wait(collect, lambda found: len(found) >= count, what, timeout,
-                          seen=lambda: list(self.factory.messages))
+    def wait_records(self, selector: str | None):
+        """``wait_for`` reads the accepted messages (``SMTPMessage``)."""
+        return (lambda: list(self.factory.messages)), "message"
