@@ -8,12 +8,13 @@ some of Twisted's protocol modules install a reactor at import.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from twisted.application import service
 from twisted.internet import defer
 
 from testbed import config as config_module
+from testbed import registry
 from testbed import runtime
 from testbed.config import Scenario, ServerEntry
 from testbed.faults.engine import FaultEngine
@@ -41,10 +42,8 @@ class Testbed(service.MultiService):
         self.seed = self.scenario.seed if seed is None else seed
         self.journal = Journal(payload_cap=self.scenario.journal.payload_cap,
                                max_events=self.scenario.journal.max_events)
-        targets = self.scenario.servers.targets()
         self.faults = FaultEngine(self.seed, self.journal, self.scenario.faults,
-                                  build_rule=lambda **rule: config_module.rule_from_kwargs("faults.add()", targets,
-                                                                                           **rule))
+                                  build_rule=lambda **rule: self.rule("faults.add()", **rule))
         tls = self.scenario.tls
         ca = CertificateAuthority.load(self.scenario.path(tls.ca_cert), self.scenario.path(tls.ca_key)) if tls.ca_cert else None
         self.tls = ServerTLS(ca, tls.hostnames)
@@ -75,10 +74,20 @@ class Testbed(service.MultiService):
         if failures:
             failures[0].raiseException()
 
-    def start(self) -> defer.Deferred:
-        """Start every enabled server; fires with the testbed once all listen (fails with the first error)."""
-        self.startService()
-        d = defer.gatherResults([server.started for server in self.servers.values()], consumeErrors=True)
+    def start(self, only: Iterable[str] | None = None) -> defer.Deferred:
+        """Start every enabled server (or the ones named in ``only``) that is not running yet.
+
+        Fires with the testbed once they all listen (fails with the first
+        error). Servers left out start later, on a call that names them.
+        """
+        if not self.running:
+            service.Service.startService(self)  # the testbed runs; which children run is chosen below
+        children = list(self) if only is None else [self[name] for name in only]
+        for child in children:
+            if not child.running:
+                child.startService()
+        servers = [child for child in children if isinstance(child, Server)]
+        d = defer.gatherResults([server.started for server in servers], consumeErrors=True)
 
         def failed(failure):
             first = failure.value.subFailure if isinstance(failure.value, defer.FirstError) else failure
@@ -105,7 +114,8 @@ class Testbed(service.MultiService):
 
     def _reset(self) -> None:
         for server in self.servers.values():
-            server.reset()
+            if server.running:
+                server.reset()
         if self._mail is not None:
             self._mail.reset()
         self.faults.reset()
@@ -135,6 +145,20 @@ class Testbed(service.MultiService):
         except KeyError:
             enabled = ", ".join(sorted(self.servers)) or "none"
             raise KeyError(f"server {name!r} is not running in this scenario (running: {enabled})") from None
+
+    @property
+    def started(self) -> list[str]:
+        """The names of the servers running now (a pytest run starts each on first use)."""
+        return [name for name, server in self.servers.items() if server.running]
+
+    def targets(self) -> Mapping[str, Any]:
+        """What a fault rule may aim at: this scenario's enabled servers."""
+        return {name: (server.context.protocol, registry.protocol(server.context.protocol).faults)
+                for name, server in self.servers.items()}
+
+    def rule(self, label: str, **rule: Any):
+        """A fault rule from keyword arguments, validated against this run's servers; errors start with ``label``."""
+        return config_module.rule_from_kwargs(label, self.targets(), **rule)
 
     def write_journal(self, path: str) -> None:
         """Append every event from now on to ``path`` as JSON Lines, flushed per event."""

@@ -28,7 +28,7 @@ from twisted.names import dns, resolve
 from testbed.faults.udp import FaultingDatagramProtocol, apply_datagram_fault
 from testbed.faults.seam import NO_SEAM, SeamFactory
 from testbed.schema import ScenarioError
-from testbed.journal import COMMAND, ERROR, REPLY, STORED
+from testbed.journal import COMMAND, ERROR, REPLY, STORED, internal
 from testbed.servers.base import Server
 from testbed.servers.dns.records import ZoneServerFactory, ZoneSet
 from testbed.servers.udp import listen_udp, udp_address
@@ -265,7 +265,8 @@ class DNSFactory(SeamFactory, ZoneServerFactory):
         try:
             self._dispatch(message, ex)
         except Exception as e:  # a bug of ours must not stop the server
-            self._record(ERROR, ex, error=f"{type(e).__name__}: {e}", transport=ex.transport, size=len(data))
+            self._record(ERROR, ex, error=f"{type(e).__name__}: {e}", transport=ex.transport, size=len(data),
+                         **internal(e))
 
     def _undecodable(self, ex: _Exchange, data: bytes, why: str) -> None:
         self._record(ERROR, ex, error="undecodable message", detail=why, transport=ex.transport, size=len(data),
@@ -329,7 +330,8 @@ class DNSFactory(SeamFactory, ZoneServerFactory):
         return d
 
     def _failed(self, failure, ex):
-        self._record(ERROR, ex, error=failure.getErrorMessage(), transport=ex.transport, name=ex.name, type=ex.type)
+        self._record(ERROR, ex, error=failure.getErrorMessage(), transport=ex.transport, name=ex.name, type=ex.type,
+                     **internal(failure))
 
     def _decide(self, ex: _Exchange):
         attributes = {"name": ex.name, "type": ex.type, "transport": ex.transport}

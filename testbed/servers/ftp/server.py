@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from testbed.faults.seam import NO_SEAM, SeamFactory
 from testbed.faults.wire import FaultingProtocol
-from testbed.journal import COMMAND, ERROR, REPLY, STORED
+from testbed.journal import COMMAND, ERROR, REPLY, STORED, internal
 from testbed.mail.credentials import MailChecker, login_user
 from testbed.mail.store import MailStore
 from testbed.servers.base import Server
@@ -368,7 +368,8 @@ class FTPProtocol(DataChannel, ftp.FTP):
 
     def _internal_error(self, failure: Failure, cmd: str) -> None:
         _log.failure("FTP command {cmd} failed", failure, cmd=cmd)
-        self.seam.record(ERROR, error="internal error", command=cmd, detail=failure.getErrorMessage())
+        self.seam.record(ERROR, error="internal error", command=cmd, detail=failure.getErrorMessage(),
+                         **internal(failure))
         self.respond(451, "Requested action aborted: local error in processing.")
 
     def _resume(self, _: Any) -> None:

@@ -27,7 +27,7 @@ from twisted.mail import imap4
 
 from testbed.servers.imap.spec import IMAPConfig
 from testbed.faults.seam import NO_SEAM, SeamFactory
-from testbed.journal import COMMAND, ERROR, REPLY, STORED
+from testbed.journal import COMMAND, ERROR, REPLY, STORED, internal
 from testbed.mail.store import MailStore
 from testbed.servers.base import Server
 from testbed.servers.imap.store import (Account, LoginCredentials, SearchError, body_structure, envelope,
@@ -292,7 +292,7 @@ class TestbedIMAPServer(IMAP4Server):
             return super().parse_command(line)
         except Exception as e:
             tag = line.split(None, 1)[0] if line.split() else None
-            self.journal(ERROR, error="command failed", detail=repr(e)[:200])
+            self.journal(ERROR, error="command failed", detail=repr(e)[:200], **internal(e))
             self.sendBadResponse(tag, b"Server error: " + str(e).encode("utf-8", "replace")[:200])
 
     # -- faults at each command ---------------------------------------------------------
@@ -473,7 +473,8 @@ class TestbedIMAPServer(IMAP4Server):
         if failure.check(UnauthorizedLogin):
             self.sendNegativeResponse(tag, b"[AUTHENTICATIONFAILED] Authentication failed")
         else:
-            self.journal(ERROR, error="login failed unexpectedly", detail=repr(failure.value)[:200])
+            self.journal(ERROR, error="login failed unexpectedly", detail=repr(failure.value)[:200],
+                         **internal(failure))
             self.sendBadResponse(tag, b"Server error: login failed unexpectedly")
 
     # -- SELECT, STATUS, APPEND, COPY ---------------------------------------------------------

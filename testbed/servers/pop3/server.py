@@ -23,7 +23,7 @@ from twisted.protocols import basic
 from zope.interface import implementer
 
 from testbed.faults.seam import NO_SEAM, SeamFactory
-from testbed.journal import COMMAND, ERROR, REPLY, STORED
+from testbed.journal import COMMAND, ERROR, REPLY, STORED, internal
 from testbed.mail.credentials import APOPCredentials, MailChecker
 from testbed.servers.base import Server
 
@@ -401,7 +401,7 @@ class TestbedPOP3(pop3.POP3):
             else:
                 self._dispatch(line)
         except Exception as e:  # a bug here must cost one -ERR, never the connection
-            self.seam.record(ERROR, error=f"{type(e).__name__}: {e}")
+            self.seam.record(ERROR, error=f"{type(e).__name__}: {e}", **internal(e))
             self._respond(b"-ERR", "[SYS/TEMP] internal server error")
 
     def _dispatch(self, line: bytes) -> None:
@@ -559,7 +559,7 @@ class TestbedPOP3(pop3.POP3):
 
     def _internal_error(self, failure) -> None:
         """The last errback of a long operation: answer once and let queued commands run."""
-        self.seam.record(ERROR, error=f"{failure.type.__name__}: {failure.getErrorMessage()}")
+        self.seam.record(ERROR, error=f"{failure.type.__name__}: {failure.getErrorMessage()}", **internal(failure))
         if not self._gone:
             self._respond(b"-ERR", "[SYS/TEMP] internal server error")
 
@@ -581,7 +581,7 @@ class TestbedPOP3(pop3.POP3):
         elif failure.check(LoginDenied, LoginFailed):
             self._respond(b"-ERR", "[AUTH] authentication failed", fault=fault)
         else:
-            self.seam.record(ERROR, error=failure.getErrorMessage())
+            self.seam.record(ERROR, error=failure.getErrorMessage(), **internal(failure))
             self._respond(b"-ERR", "[SYS/TEMP] cannot open the maildrop", fault=fault)
 
     def cmd_STLS(self, fault):

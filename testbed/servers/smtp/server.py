@@ -54,7 +54,7 @@ from twisted.mail.interfaces import IMessageDelivery
 from zope.interface import implementer
 
 from testbed.faults.seam import NO_SEAM, SeamFactory
-from testbed.journal import COMMAND, ERROR, REPLY, STORED
+from testbed.journal import COMMAND, ERROR, REPLY, STORED, internal
 from testbed.mail.credentials import MailChecker
 from testbed.servers.base import Server
 
@@ -425,7 +425,7 @@ class TestbedSMTP(smtp.ESMTP):
                 self._collector.connectionLost()
 
     def _internal_error(self, error: Exception) -> None:
-        self.seam.record(ERROR, error=f"{type(error).__name__}: {error}")
+        self.seam.record(ERROR, error=f"{type(error).__name__}: {error}", **internal(error))
         if self.mode != smtp.DATA:
             self.mode = smtp.COMMAND
             self.sendCode(451, b"4.3.0 Requested action aborted: local error in processing")
@@ -678,7 +678,7 @@ class TestbedSMTP(smtp.ESMTP):
             stored = self._store(mail_from, rcpts, raw)
         except Exception as e:  # never let Twisted turn it into a bare 550
             stored = False
-            self.seam.record(ERROR, error=f"delivery failed: {type(e).__name__}: {e}")
+            self.seam.record(ERROR, error=f"delivery failed: {type(e).__name__}: {e}", **internal(e))
         if not stored:
             self.sendCode(451, b"4.3.0 Requested action aborted: local error in processing")
             return defer.Deferred()
@@ -691,7 +691,8 @@ class TestbedSMTP(smtp.ESMTP):
             try:
                 deliver(rcpt, raw)
             except Exception as e:
-                self.seam.record(ERROR, error=f"delivery to {rcpt} failed: {type(e).__name__}: {e}")
+                self.seam.record(ERROR, error=f"delivery to {rcpt} failed: {type(e).__name__}: {e}",
+                                 **internal(e))
             else:
                 delivered.append(rcpt)
         if not delivered:
