@@ -23,6 +23,8 @@ REPLY = "reply"
 FAULT = "fault"
 STORED = "stored"
 ERROR = "error"
+#: A request no route or expectation allowed (fields: request, why); ``verify()`` names it.
+UNEXPECTED = "unexpected"
 
 
 def internal(error: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from testbed.servers.http.routing import ANY_JSON, Expectation, RouteState, Rout
 from testbed.servers.http.routing import response_of as _response_of
 from testbed.servers.http.spec import Route
 from testbed.faults.seam import NO_SEAM, SeamFactory
-from testbed.journal import COMMAND, ERROR, REPLY, STORED, bounded, internal
+from testbed.journal import COMMAND, ERROR, REPLY, STORED, UNEXPECTED, bounded, internal
 from testbed.servers.base import Server
 
 
@@ -117,8 +117,6 @@ class RawRequest:
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
-#: Journal kind of a request that matched no route or expectation, or came out of order (fields: request, why).
-UNEXPECTED = "unexpected"
 NOT_FOUND = (404, [(b"Content-Type", b"text/plain")], b"not found\n")
 
 
