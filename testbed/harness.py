@@ -14,7 +14,6 @@ from twisted.application import service
 from twisted.internet import defer
 
 from testbed import config as config_module
-from testbed import registry
 from testbed import runtime
 from testbed.config import Scenario, ServerEntry
 from testbed.faults.engine import FaultEngine
@@ -49,12 +48,33 @@ class Testbed(service.MultiService):
         self.tls = ServerTLS(ca, tls.hostnames)
         self._mail = None
         self._writers: list[JSONLWriter] = []
-        self.servers: dict[str, Server] = {}
-        for entry in self.scenario.servers.enabled():
+        self._entries = {entry.name: entry for entry in self.scenario.servers.enabled()}
+        self._built: dict[str, Server] = {}
+
+    @property
+    def servers(self) -> dict[str, Server]:
+        """Every enabled server by instance name, in scenario order."""
+        return {name: self.server(name) for name in self._entries}
+
+    def server(self, name: str) -> Server:
+        """The server instance ``name``, built on first mention: a run that uses one server imports only its module."""
+        server = self._built.get(name)
+        if server is None:
+            try:
+                entry = self._entries[name]
+            except KeyError:
+                enabled = ", ".join(sorted(self._entries)) or "none"
+                raise KeyError(f"server {name!r} is not running in this scenario (running: {enabled})") from None
             server = entry.spec.load_server()(self._context(entry))
-            server.setName(entry.name)
-            server.setServiceParent(self)
-            self.servers[entry.name] = server
+            server.setName(name)
+            # A MultiService starts a child added while it runs; a server starts when start() names it instead.
+            running, self.running = self.running, 0
+            try:
+                server.setServiceParent(self)
+            finally:
+                self.running = running
+            self._built[name] = server
+        return server
 
     def _context(self, entry: ServerEntry) -> ServerContext:
         scenario = self.scenario
@@ -66,6 +86,7 @@ class Testbed(service.MultiService):
 
     def privilegedStartService(self):
         """Under twistd: bind every listener now, so a port in use stops the daemon before it runs."""
+        self.servers  # build them all: twistd starts every child
         super().privilegedStartService()
         failures = []
         for server in self.servers.values():
@@ -80,6 +101,8 @@ class Testbed(service.MultiService):
         Fires with the testbed once they all listen (fails with the first
         error). Servers left out start later, on a call that names them.
         """
+        if only is None:
+            self.servers  # build them all
         if not self.running:
             service.Service.startService(self)  # the testbed runs; which children run is chosen below
         children = list(self) if only is None else [self[name] for name in only]
@@ -98,7 +121,7 @@ class Testbed(service.MultiService):
     def stop(self) -> defer.Deferred:
         """Stop every server (and any other child service); fires once all stopped listening."""
         d = defer.maybeDeferred(self.stopService) if self.running else defer.gatherResults(
-            [defer.maybeDeferred(s.stop) for s in self.servers.values()])
+            [defer.maybeDeferred(s.stop) for s in self._built.values()])
 
         def close_writers(result):
             for writer in self._writers:
@@ -113,7 +136,7 @@ class Testbed(service.MultiService):
         self.call(self._reset)
 
     def _reset(self) -> None:
-        for server in self.servers.values():
+        for server in self._built.values():
             if server.running:
                 server.reset()
         if self._mail is not None:
@@ -140,21 +163,16 @@ class Testbed(service.MultiService):
         return self.tls.ca_path
 
     def __getitem__(self, name: str) -> Server:
-        try:
-            return self.servers[name]
-        except KeyError:
-            enabled = ", ".join(sorted(self.servers)) or "none"
-            raise KeyError(f"server {name!r} is not running in this scenario (running: {enabled})") from None
+        return self.server(name)
 
     @property
     def started(self) -> list[str]:
         """The names of the servers running now (a pytest run starts each on first use)."""
-        return [name for name, server in self.servers.items() if server.running]
+        return [name for name, server in self._built.items() if server.running]
 
     def targets(self) -> Mapping[str, Any]:
         """What a fault rule may aim at: this scenario's enabled servers."""
-        return {name: (server.context.protocol, registry.protocol(server.context.protocol).faults)
-                for name, server in self.servers.items()}
+        return {name: (entry.protocol, entry.spec.faults) for name, entry in self._entries.items()}
 
     def rule(self, label: str, **rule: Any):
         """A fault rule from keyword arguments, validated against this run's servers; errors start with ``label``."""

@@ -254,8 +254,8 @@ def pytest_runtest_call(item):
         pytest.fail(f"{len(errors)} error(s) inside the testbed's servers during this test (mark the test "
                     f"@pytest.mark.{ALLOW_ERRORS} if it provokes them on purpose):\n"
                     + "\n".join(_describe_error(e) for e in errors), pytrace=False)
-    for server in bed.servers.values():
-        if server.running and getattr(server, "expectations", None):
+    for server in map(bed.server, bed.started):
+        if getattr(server, "expectations", None):
             try:
                 server.verify()
             except AssertionError as e:
