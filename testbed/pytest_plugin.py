@@ -238,8 +238,10 @@ def _server_errors(bed) -> list[dict]:
 
 
 def _describe_error(event: dict) -> str:
-    fields = {k: v for k, v in event.items() if k not in ("seq", "t", "kind", "internal", "traceback")}
-    return f"{event['server']}: {fields.get('error')} {fields}\n{event.get('traceback', '').rstrip()}"
+    details = ", ".join(f"{k}={v!r}" for k, v in event.items()
+                        if k not in ("seq", "t", "kind", "server", "conn", "error", "internal", "traceback"))
+    return (f"{event['server']} (connection {event['conn']}): {event.get('error')}" + (f" ({details})" if details else "")
+            + "\n" + event.get("traceback", "").rstrip())
 
 
 @pytest.hookimpl(wrapper=True)
@@ -249,17 +251,20 @@ def pytest_runtest_call(item):
     bed = getattr(item, "_testbed", None)
     if bed is None:
         return result
+    problems = []
     errors = _server_errors(bed)
     if errors and item.get_closest_marker(ALLOW_ERRORS) is None:
-        pytest.fail(f"{len(errors)} error(s) inside the testbed's servers during this test (mark the test "
-                    f"@pytest.mark.{ALLOW_ERRORS} if it provokes them on purpose):\n"
-                    + "\n".join(_describe_error(e) for e in errors), pytrace=False)
+        problems.append(f"{len(errors)} error(s) inside the testbed's servers during this test (mark the test "
+                        f"@pytest.mark.{ALLOW_ERRORS} if it provokes them on purpose):\n"
+                        + "\n".join(_describe_error(e) for e in errors))
     for server in map(bed.server, bed.started):
         if getattr(server, "expectations", None):
             try:
                 server.verify()
             except AssertionError as e:
-                pytest.fail(str(e), pytrace=False)
+                problems.append(str(e))
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
     return result
 
 

@@ -373,6 +373,14 @@ class HTTPServer(Server):
         handlers.append(handler)
         self.context.journal.record(STORED, self.name, None, **{handler.kind: handler.label})
 
+    def clear_expectations(self) -> None:
+        """Forget this test's expectations and the unexpected requests so far (after asserting ``verify`` fails, say)."""
+        def clear():
+            self.routing.expectations = []
+            self.routing.problems = []
+
+        self.context.call(clear)
+
     def verify(self) -> None:
         """Raise AssertionError naming every unmet expectation and every request that matched none."""
         failures = self.context.call(self.routing.failures)
