@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import attrs
 
 from testbed.faults.rules import FaultSurface, ReplyStyle
+from testbed.schema import choices
 
 #: One line per protocol: the module holding its ``SPEC``.
 SPEC_MODULES = (
@@ -36,6 +37,18 @@ EPHEMERAL = "tcp:0:interface=127.0.0.1"
 
 #: Certificates a TLS listener can serve (``certificate = ...`` on a server), see testbed.tls.
 CERTIFICATE_KINDS = ("valid", "expired", "not_yet_valid", "wrong_host", "self_signed", "untrusted_ca")
+
+
+@attrs.frozen
+class MailListenersConfig:
+    """The listener keys SMTP, POP3 and IMAP share: a plain (or STARTTLS) port and an implicit-TLS port."""
+
+    enabled: bool = True
+    listen: str = EPHEMERAL
+    tls: str = choices("starttls", "none", "implicit")
+    tls_listen: str = EPHEMERAL
+    #: The chain served under TLS: a valid one, or a deliberately bad one.
+    certificate: str = choices(*CERTIFICATE_KINDS)
 
 
 @attrs.frozen
@@ -161,16 +174,41 @@ def daemon_scenario_servers() -> dict[str, dict]:
 
 
 def fault_tables_markdown() -> str:
-    """The README's per-protocol fault tables: stages, and the protocol actions at each."""
+    """The README's per-protocol fault tables: stages, match attributes, and each protocol action's parameters and stages."""
     out = []
     for spec in protocols().values():
         surface = spec.faults
-        out.append(f"**{spec.name}** ({surface.transport}; match on: "
-                   + (", ".join(f"`{m}`" for m in sorted(surface.match)) or "anything") + ")\n")
-        out.append("| stage | protocol actions |")
-        out.append("| --- | --- |")
-        for stage in sorted(surface.stages):
-            own = sorted(a for a in surface.actions if stage in surface.stages_for(a))
-            out.append(f"| `{stage}` | " + (", ".join(f"`{a}`" for a in own) or "wire actions only") + " |")
-        out.append("")
+        wire = {"tcp": "TCP wire actions", "udp": "datagram actions", "both": "TCP wire and datagram actions"}
+        out.append(f"**{spec.name}**: stages " + ", ".join(f"`{s}`" for s in sorted(surface.stages))
+                   + "; `match` on " + (", ".join(f"`{m}`" for m in sorted(surface.match)) or "anything")
+                   + f"; {wire[surface.transport]} at every stage.\n")
+        if surface.actions:
+            out.append("| action | parameters | stages |")
+            out.append("| --- | --- | --- |")
+            for action, schema in sorted(surface.actions.items()):
+                params = ", ".join(f"`{p}`" for p in schema) or "none"
+                stages = surface.stages_for(action)
+                where = "every stage" if stages == surface.stages else ", ".join(f"`{s}`" for s in sorted(stages))
+                out.append(f"| `{action}` | {params} | {where} |")
+            out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+README_BEGIN = "<!-- fault tables: generated from testbed.registry -->"
+README_END = "<!-- end of fault tables -->"
+
+
+def rewrite_readme(path: str) -> None:
+    """Replace the generated fault-table block of a README with ``fault_tables_markdown()``."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"{head}{README_BEGIN}\n{fault_tables_markdown()}{README_END}{tail}")
+
+
+if __name__ == "__main__":  # python3 -m testbed.registry README.md
+    import sys
+
+    rewrite_readme(sys.argv[1] if len(sys.argv) > 1 else "README.md")

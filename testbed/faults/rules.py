@@ -107,10 +107,12 @@ class FaultSurface:
         factory=dict, converter=lambda w: {a: frozenset(s) for a, s in w.items()})
     #: One line per stage, for the catalog and the docs.
     notes: Mapping[str, str] = attrs.Factory(dict)
+    #: The stage of a rule that names none (default: ``connect``, or ``datagram`` on UDP alone).
+    default: str = ""
 
     @property
     def default_stage(self) -> str:
-        return {"udp": "datagram", "both": "query"}.get(self.transport, "connect")
+        return self.default or ("datagram" if self.transport == "udp" else "connect")
 
     def wire_actions(self) -> dict[str, Mapping[str, object]]:
         merged: dict[str, Mapping[str, object]] = {}

@@ -34,7 +34,6 @@ from twisted.cred import error
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.internet import defer
-from twisted.mail import pop3
 from zope.interface import implementer
 
 from testbed.mail.store import InvalidNameError, MailStore, normalize_user
@@ -93,8 +92,17 @@ class MailChecker:
         return password is not None and bool(credentials.checkPassword(password.encode("utf-8")))
 
 
-class APOPCredentials(pop3.APOPCredentials):
-    """POP3 APOP credentials (RFC 1939) whose check works: Twisted's compares a str digest with bytes."""
+@implementer(IUsernameHashedPassword)
+class APOPCredentials:
+    """POP3 APOP credentials (RFC 1939) whose check works: Twisted's compares a str digest with bytes.
+
+    Not a subclass of ``twisted.mail.pop3.APOPCredentials``: importing that module installs a reactor.
+    """
+
+    def __init__(self, magic: bytes, username: bytes, digest: bytes):
+        self.magic = magic
+        self.username = username
+        self.digest = digest
 
     def checkPassword(self, password: bytes) -> bool:
         expected = md5(self.magic + password).hexdigest().encode("ascii")

@@ -1,11 +1,14 @@
 """Listening on UDP from an endpoint string: Twisted has no UDP endpoints, so read the TCP form.
 
-``tcp:PORT:interface=HOST`` gives the port and interface, as twisted.names' tap pairs UDP with TCP.
+``tcp:PORT:interface=HOST`` gives the port and interface, as twisted.names' tap pairs UDP with TCP;
+``listen_tcp_and_udp`` binds both on one port number.
 """
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 
 from testbed.servers.base import Listener, Server
 
@@ -23,3 +26,25 @@ def listen_udp(server: Server, endpoint: str, protocol, label: str, port: int | 
     listener = Listener(label, udp_port, False, "udp")
     server.listeners.append(listener)
     return listener
+
+
+@defer.inlineCallbacks
+def listen_tcp_and_udp(server: Server, endpoint: str, tcp_factory, udp_protocol, name: str):
+    """TCP on ``endpoint`` and UDP on the same interface and port number (labels NAME/tcp and NAME/udp).
+
+    With port 0 the TCP port is chosen first; when some UDP socket already
+    holds that number, both are tried again on another (a few times).
+    """
+    _, wanted = udp_address(endpoint)
+    attempts = 1 if wanted else 8
+    for attempt in range(attempts):
+        listener = yield server.listen(endpoint, tcp_factory, f"{name}/tcp")
+        try:
+            listen_udp(server, endpoint, udp_protocol, f"{name}/udp", port=listener.number)
+        except CannotListenError:
+            server.listeners.remove(listener)
+            yield listener.port.stopListening()
+            if attempt == attempts - 1:
+                raise
+        else:
+            return

@@ -22,7 +22,6 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError
 from twisted.names import dns, resolve
 
 from testbed.faults.udp import FaultingDatagramProtocol, apply_datagram_fault
@@ -31,7 +30,7 @@ from testbed.schema import ScenarioError
 from testbed.journal import COMMAND, ERROR, REPLY, STORED, internal
 from testbed.servers.base import Server
 from testbed.servers.dns.records import ZoneServerFactory, ZoneSet
-from testbed.servers.udp import listen_udp, udp_address
+from testbed.servers.udp import listen_tcp_and_udp
 
 __all__ = ["DNSFactory", "DNSQuery", "DNSServer", "DNSStream", "DNSDatagram", "RCODES", "rdata_text", "rr_text"]
 
@@ -489,21 +488,7 @@ class DNSServer(Server):
                                   server=self.name)
         self.udp = FaultingDatagramProtocol(DNSDatagram(self.factory, reactor=context.reactor), self.name,
                                             context.faults, context.journal, context.reactor)
-        endpoint = self.config.listen
-        _, wanted = udp_address(endpoint)
-        attempts = 1 if wanted else 8
-        for attempt in range(attempts):
-            listener = yield self.listen(endpoint, self.factory, "dns/tcp")
-            try:
-                listen_udp(self, endpoint, self.udp, "dns/udp", port=listener.number)
-            except CannotListenError:
-                # Port 0 gave TCP a number some UDP socket holds already: try another.
-                self.listeners.remove(listener)
-                yield listener.port.stopListening()
-                if attempt == attempts - 1:
-                    raise
-            else:
-                return
+        yield listen_tcp_and_udp(self, self.config.listen, self.factory, self.udp, "dns")
 
     def reset(self) -> None:
         super().reset()

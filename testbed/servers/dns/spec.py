@@ -52,6 +52,7 @@ SPEC = ProtocolSpec(
             "tcp_partial": {"bytes": int},
         },
         transport="both",
+        default="query",
         match={"name", "type", "transport"},
         where={action: {"query"} for action in _QUERY_ONLY},
         notes={"connect": "a TCP connection is accepted (wire actions; truncate there is the wire one)",

@@ -10,19 +10,12 @@ import typing
 import attrs
 
 from testbed.faults.rules import THEN, FaultSurface, ReplyStyle
-from testbed.registry import CERTIFICATE_KINDS, EPHEMERAL, ListenerSpec, ProtocolSpec
-from testbed.schema import choices
+from testbed.registry import ListenerSpec, MailListenersConfig, ProtocolSpec
 from testbed.servers.smtp.spec import MECHANISMS, check_mail_tls
 
 
 @attrs.frozen
-class IMAPConfig:
-    enabled: bool = True
-    listen: str = EPHEMERAL
-    tls: str = choices("starttls", "none", "implicit")
-    tls_listen: str = EPHEMERAL
-    #: The chain served under TLS: a valid one, or a deliberately bad one.
-    certificate: str = choices(*CERTIFICATE_KINDS)
+class IMAPConfig(MailListenersConfig):
     #: SASL mechanisms AUTHENTICATE offers (PLAIN, LOGIN, CRAM-MD5); the LOGIN command is always there.
     auth: typing.List[str] = attrs.Factory(lambda: list(MECHANISMS))
     #: Advertise LOGINDISABLED and refuse LOGIN/AUTHENTICATE until STARTTLS (or on the IMAPS port).

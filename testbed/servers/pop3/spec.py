@@ -8,18 +8,12 @@ from __future__ import annotations
 import attrs
 
 from testbed.faults.rules import THEN, FaultSurface, ReplyStyle
-from testbed.registry import CERTIFICATE_KINDS, EPHEMERAL, ListenerSpec, ProtocolSpec
-from testbed.schema import choices
+from testbed.registry import ListenerSpec, MailListenersConfig, ProtocolSpec
 
 
 @attrs.frozen
-class POP3Config:
-    enabled: bool = True
-    listen: str = EPHEMERAL
-    tls: str = choices("starttls", "none", "implicit")
-    tls_listen: str = EPHEMERAL
-    #: The chain served under TLS: a valid one, or a deliberately bad one.
-    certificate: str = choices(*CERTIFICATE_KINDS)
+class POP3Config(MailListenersConfig):
+    """POP3 needs nothing beyond its listeners: users and mail come from the scenario's [users] and store."""
 
 
 SPEC = ProtocolSpec(

@@ -10,21 +10,14 @@ import typing
 import attrs
 
 from testbed.faults.rules import THEN, FaultSurface, ReplyStyle
-from testbed.registry import CERTIFICATE_KINDS, EPHEMERAL, ListenerSpec, ProtocolSpec
-from testbed.schema import choices
+from testbed.registry import ListenerSpec, MailListenersConfig, ProtocolSpec
 
 #: SASL mechanisms the SMTP and IMAP servers can offer.
 MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
 
 
 @attrs.frozen
-class SMTPConfig:
-    enabled: bool = True
-    listen: str = EPHEMERAL
-    tls: str = choices("starttls", "none", "implicit")
-    tls_listen: str = EPHEMERAL
-    #: The chain served under TLS: a valid one, or a deliberately bad one.
-    certificate: str = choices(*CERTIFICATE_KINDS)
+class SMTPConfig(MailListenersConfig):
     hostname: str = "testbed.test"
     auth: typing.List[str] = attrs.Factory(lambda: list(MECHANISMS))
     require_tls: bool = False
