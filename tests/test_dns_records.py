@@ -616,10 +616,10 @@ def _listen_udp_and_tcp(factory):
     from twisted.internet import error as ierror
     from twisted.internet import reactor
 
-    protocol = tdns.DNSDatagramProtocol(factory)
     last = None
     for _ in range(20):
-        udp = reactor.listenUDP(0, protocol, interface="127.0.0.1")
+        # A fresh protocol each try: one whose port stopped listening keeps its transport until later.
+        udp = reactor.listenUDP(0, tdns.DNSDatagramProtocol(factory), interface="127.0.0.1")
         port = udp.getHost().port
         try:
             tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")

@@ -5,6 +5,7 @@ import imaplib
 import io
 import poplib
 import smtplib
+import socket
 import urllib.request
 
 import dns.message
@@ -97,3 +98,14 @@ def test_ftp_filters_on_uploads(ftp_server):
     client.quit()
     [upload] = ftp_server.wait_for(path="*.csv", user=ALICE)
     assert upload.size == 4
+
+
+@pytest.mark.parametrize("testbed_scenario", [{"servers": {"echo": {"enabled": True}, "http": {"enabled": False}}}],
+                         ids=["echo"])
+def test_echo_filters_on_the_lines_it_received(testbed):
+    echo = testbed["echo"]
+    with socket.create_connection((echo.host, echo.port), timeout=5) as sock:
+        sock.sendall(b"hello\nping 1\n")
+        reader = sock.makefile("rb")
+        assert [reader.readline(), reader.readline()] == [b"hello\n", b"ping 1\n"]
+    assert [e["text"] for e in echo.wait_for(text="ping*")] == ["ping 1"]
