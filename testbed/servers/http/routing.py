@@ -129,11 +129,6 @@ class Handler:
     def used_up(self) -> str:
         return "used up"
 
-    # -- answering ---------------------------------------------------------------------------------
-
-    def next_response(self, request, decode: Callable) -> Response:
-        raise TypeError(f"{type(self).__name__} gives no response")
-
 
 _NOT_JSON = object()
 
