@@ -96,8 +96,7 @@ def pytest_pyfunc_call(pyfuncitem):
 
     function = pyfuncitem.obj
     if (_runs_in_reactor(function) or not pyfuncitem.config.pluginmanager.hasplugin("twisted")
-            or inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
-            or getattr(function, "hypothesis", None) is not None):
+            or inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)):
         return None
     args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     result = function(**args)

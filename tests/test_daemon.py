@@ -1,6 +1,7 @@
 """The twistd face: the package installs with its plugin, and `twistd -n testbed` serves as configured."""
 
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -100,7 +101,9 @@ def installed(tmp_path_factory):
 def test_a_non_editable_install_carries_the_twistd_plugin(installed, tmp_path):
     where = subprocess.run([installed, "-c", "import testbed, twisted.plugins.testbed_plugin as p; "
                                              "print(testbed.__file__); print(p.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
+                           capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                           # A PYTHONPATH pointing at a source tree (a worktree's test run) would shadow the install.
+                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     package, plugin = where.stdout.split()
     venv_root = str(installed.parent.parent)
     assert package.startswith(venv_root) and plugin.startswith(venv_root), where.stdout

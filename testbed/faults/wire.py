@@ -21,11 +21,14 @@ from zope.interface import directlyProvides, implementer, providedBy
 from testbed.faults.engine import Fault, FaultEngine
 from testbed.faults.rules import FaultRule, ReplyStyle
 from testbed.faults.seam import SeamFactory, StageSeam
-from testbed.journal import CLOSE, DATA, OPEN, Journal
+from testbed.journal import CLOSE, DATA, ERROR, OPEN, Journal
 
 #: Above this many bytes held by a shaper, the producer feeding it is paused.
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+
+#: Seconds a TLS handshake (implicit TLS, or after STARTTLS) may take before the connection is aborted.
+TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 def corrupt(data: bytes, rate: float, rng, at_least_one: bool = False) -> bytes:
@@ -276,6 +279,7 @@ class FaultingProtocol(ProtocolWrapper):
     down: Shaper | None = None
     up: Shaper | None = None
     _gate: _ProducerGate | None = None
+    _handshake_timer = None
 
     def __init__(self, factory: "FaultingFactory", wrappedProtocol, seam: StageSeam):
         super().__init__(factory, wrappedProtocol)
@@ -327,13 +331,36 @@ class FaultingProtocol(ProtocolWrapper):
         peer = self._peer
         self.journal.record(OPEN, self.server, self.conn, peer=f"{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}",
                             listener=self.factory.label)
+        if self.factory.tls:
+            self._watch_handshake()
         fault = self.seam.at("connect", tls=self.factory.tls)
         if fault is not None and fault.action == "refuse":
             self.refused = True
             self.transport.loseConnection()
 
+    def _watch_handshake(self) -> None:
+        """Abort the connection if its TLS handshake has not finished within TLS_HANDSHAKE_TIMEOUT.
+
+        Twisted's TLS layer waits for the rest of a ClientHello for as long as the connection
+        lives, so a truncated one held a connection until the protocol's idle timeout (600 s).
+        """
+        self._handshake_timer = self.factory.clock.callLater(TLS_HANDSHAKE_TIMEOUT, self._handshake_expired)
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        handle = getattr(self.transport, "getHandle", None)
+        # The client's Finished message arrived: the handshake is done.
+        if self.lost or handle is None or handle().get_peer_finished() is not None:
+            return
+        self.journal.record(ERROR, self.server, self.conn, error="TLS handshake timed out",
+                            seconds=TLS_HANDSHAKE_TIMEOUT)
+        self.transport.abortConnection()
+
     def connectionLost(self, reason):
         self.lost = True
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
         for shaper in (self.down, self.up):
             if shaper is not None:
                 shaper.cancel()
@@ -388,6 +415,10 @@ class FaultingProtocol(ProtocolWrapper):
             keep = data[: self._cap - self._captured_up]
             self._captured_up += len(keep)
             self.journal.record(DATA, self.server, self.conn, direction="up", size=len(data), payload=keep)
+        if self.disconnecting:
+            # The server is closing (TCP stops reading then, TLS may still hand over decrypted bytes):
+            # more input would be parsed as new lines, e.g. the rest of a line refused as too long.
+            return
         if self.up is None:
             self.wrappedProtocol.dataReceived(data)
         else:
@@ -436,6 +467,8 @@ class FaultingProtocol(ProtocolWrapper):
             down.when_drained(lambda: self.transport.startTLS(ctx, normal))
         else:
             self.transport.startTLS(ctx, normal)
+        if self._handshake_timer is None:
+            self._watch_handshake()
 
     def registerProducer(self, producer, streaming):
         self._gate = _ProducerGate(producer, streaming)

@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 from twisted.names import dns, resolve
+from twisted.protocols import policies
 
 from testbed.faults.udp import FaultingDatagramProtocol, apply_datagram_fault
 from testbed.faults.seam import NO_SEAM, SeamFactory
@@ -51,6 +52,8 @@ _HEADER = struct.Struct("!HBBHHHH")
 _DATAGRAM_STYLE = frozenset({"drop", "delay", "duplicate", "corrupt"})
 #: Wire actions that mean "no answer" on UDP; on TCP they shape the connection through the wrapper.
 _SILENT_ON_UDP = frozenset({"reset", "close", "stall"})
+#: Seconds a DNS-over-TCP connection may stay silent before the server closes it (RFC 7766 asks for one).
+TCP_IDLE_TIMEOUT = 30.0
 _TCP_WIRE = frozenset({"reset", "close", "stall", "throttle", "slice"})
 
 
@@ -174,17 +177,36 @@ class _Exchange:
         self.peer = ""
 
 
-class DNSStream(dns.DNSProtocol):
-    """DNS over TCP: each length-prefixed message goes to the factory, which answers through ``send``."""
+class DNSStream(policies.TimeoutMixin, dns.DNSProtocol):
+    """DNS over TCP: each length-prefixed message goes to the factory, which answers through ``send``.
+
+    Twisted's DNSProtocol has no idle timeout: a connection is closed after TCP_IDLE_TIMEOUT seconds without a byte.
+    """
 
     seam = NO_SEAM
 
+    def callLater(self, period, func):  # TimeoutMixin: the factory's clock (a Clock in unit tests)
+        return self.controller.clock.callLater(period, func)
+
     def connectionMade(self):
         super().connectionMade()
+        self.setTimeout(TCP_IDLE_TIMEOUT)
         fault = self.seam.at("connect")
         if fault is not None and fault.action == "truncate":
             # "truncate" is a DNS action (TC) at the query stage; at connect it is the wire action.
             self.seam.apply(fault)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        super().dataReceived(data)
+
+    def timeoutConnection(self) -> None:
+        self.seam.record(ERROR, error="idle timeout", seconds=TCP_IDLE_TIMEOUT)
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.setTimeout(None)
+        super().connectionLost(reason)
 
     def stringReceived(self, data: bytes) -> None:
         self.controller.receive(_Exchange(self, None, "tcp", self.seam.conn, self.seam), data)

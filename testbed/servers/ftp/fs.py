@@ -23,7 +23,9 @@ __all__ = [
     "CHUNK_SIZE",
     "ChunkedFileSender",
     "JailedShell",
+    "MAX_SEGMENTS",
     "MemoryShell",
+    "PathTooDeep",
     "ShellRealm",
     "check_segment",
     "files_snapshot",
@@ -37,6 +39,9 @@ CHUNK_SIZE = 256 * 1024
 
 UploadCallback = Callable[[str, int], Any]
 ViolationCallback = Callable[[Any, str], Any]
+
+#: Segments a path may have: deeper ones are refused before any lookup (PATH_MAX allows ~2,048 anyway).
+MAX_SEGMENTS = 256
 
 # How many rounds of percent-decoding we look through ("%252e" -> "%2e" -> ".").
 _MAX_DECODE_ROUNDS = 4
@@ -89,6 +94,10 @@ def check_segment(segment: Any) -> str | None:
         if decoded in (".", "..") or any(c in decoded for c in "/\\\0"):
             return "percent-encoded-traversal"
     return None
+
+
+class PathTooDeep(ftp.InvalidPath):
+    """A text path with more than C{MAX_SEGMENTS} segments: bad input, refused before any lookup."""
 
 
 def _display(segments: Sequence[str]) -> str:
@@ -182,6 +191,8 @@ class _ShellBase:
         if isinstance(path, (str, bytes)) or not isinstance(path, Iterable):
             raise self._refuse([str(path)], "not-a-segment-list")
         segments = list(path)
+        if len(segments) > MAX_SEGMENTS:
+            raise self._refuse(segments[:8] + ["..."], "too-many-segments")
         for segment in segments:
             reason = check_segment(segment)
             if reason is not None:
@@ -216,6 +227,8 @@ class _ShellBase:
             reason = "nul-byte" if "\0" in path_text else "parent-escape"
             self._report(path_text, reason)
             raise
+        if len(segs) > MAX_SEGMENTS:
+            raise PathTooDeep(list(cwd), path_text)
         for segment in segs:
             reason = check_segment(segment)
             if reason is not None:
@@ -365,9 +378,10 @@ def _write_all(fObj: Any, data: bytes) -> None:
 class JailedShell(_ShellBase, ftp.FTPShell):
     """FTPShell confined to C{root}, with symlinks resolved and checked at every step.
 
-    Each path component is resolved with realpath in turn and must stay
-    inside the (real) root, so a symlink pointing outside is refused whether
-    it is the final name or a directory on the way.  Removal and rename act on
+    Each path component is looked at in turn (one lstat), a symlink is
+    resolved with realpath and must stay inside the (real) root, so a link
+    pointing outside is refused whether it is the final name or a directory
+    on the way; a path has at most MAX_SEGMENTS components.  Removal and rename act on
     the directory entry itself (a link inside root is removed, not its target).
     """
 
@@ -418,11 +432,23 @@ class JailedShell(_ShellBase, ftp.FTPShell):
         """
         segments = self._validated(path)
         current = parent = self._root_real
+        missing = False
         for segment in segments:
             parent = current
-            current = os.path.realpath(os.path.join(current, segment))
-            if not self._inside(current):
-                raise self._refuse(segments, "symlink-escape")
+            current = os.path.join(current, segment)
+            if missing:
+                continue  # below a missing entry nothing can be a link: realpath appends it as is
+            # One lstat per segment keeps this linear: only a link needs realpath (which
+            # re-resolves every prefix, so calling it per segment made the walk quadratic).
+            try:
+                is_link = stat_mod.S_ISLNK(os.lstat(current).st_mode)
+            except OSError:
+                missing = True
+                continue
+            if is_link:
+                current = os.path.realpath(current)
+                if not self._inside(current):
+                    raise self._refuse(segments, "symlink-escape")
         return segments, current, parent
 
     def _entry(self, path: Any) -> tuple[list[str], str, str]:

@@ -32,7 +32,7 @@ from testbed.servers.ftp.data import DataChannel, DataFaultingProtocol, DataProt
 from testbed.servers.ftp.reply import FTPReply, show as _show
 from testbed.servers.ftp.spec import APPLIES_TO, TRANSFERS
 from testbed.servers.ftp.spec import COMMANDS, FAULT_TEXTS as FAULT_TEXT  # noqa: F401  (tests and docs read them here)
-from testbed.servers.ftp.fs import ChunkedFileSender, files_snapshot, make_shell
+from testbed.servers.ftp.fs import MAX_SEGMENTS, ChunkedFileSender, PathTooDeep, files_snapshot, make_shell
 
 _log = Logger()
 
@@ -49,6 +49,9 @@ _STAT_KEYS = ("size", "directory", "permissions", "hardlinks", "modified", "owne
 _MLST_FACTS = ("type", "size", "modify", "perm")
 _SENDFILE_STEP = 4 * 1024 * 1024
 _SENDFILE_BUDGET = 16 * 1024 * 1024
+#: The largest REST offset a 64-bit file offset can address; the digit count is checked before int().
+_MAX_OFFSET = 2**63 - 1
+_MAX_OFFSET_DIGITS = len(str(_MAX_OFFSET))
 _LONE_LF = re.compile(rb"(?<!\r)\n")
 
 
@@ -491,6 +494,10 @@ class FTPProtocol(DataChannel, ftp.FTP):
     def _resolve(self, path: str) -> list[str]:
         try:
             return self.shell.segments(self.workingDirectory, path)
+        except PathTooDeep:
+            self.seam.record(ERROR, error="path too deep", command=self._current, segments=path.count("/") + 1,
+                             user=self.user)
+            raise FTPReply(550, f"Path too deep: more than {MAX_SEGMENTS} segments.") from None
         except ftp.InvalidPath:
             raise FTPReply(550, f"{_show(path)}: Permission denied.") from None
 
@@ -562,6 +569,10 @@ class FTPProtocol(DataChannel, ftp.FTP):
         self.respond(234, f"AUTH {mechanism} successful.")
         self.transport.startTLS(self.factory.tls_options())
         self.tls_active = True
+        # RFC 4217 / CVE-2011-0411: plaintext read with AUTH but not yet run would be run inside TLS.
+        if self._buffer:
+            self.seam.record(ERROR, error="command pipelined after AUTH TLS dropped", size=len(self._buffer))
+            self._buffer = b""
         # RFC 4217: a new security exchange starts a new login.
         self.state, self.user, self.shell = self.UNAUTH, None, None
         return None
@@ -701,8 +712,10 @@ class FTPProtocol(DataChannel, ftp.FTP):
 
     def ftp_REST(self, offset):
         offset = offset.strip()
-        if not offset.isdigit():
+        if not (offset.isascii() and offset.isdigit()):
             return 501, "REST needs a non-negative byte offset."
+        if len(offset) > _MAX_OFFSET_DIGITS or int(offset) > _MAX_OFFSET:
+            return 501, "REST offset too large."
         self.restart = int(offset)
         return 350, f"Restarting at {self.restart}. Send STOR or RETR to start the transfer."
 

@@ -6,6 +6,9 @@ response itself (Twisted's never slices partials, never sets \\Seen, retitles
 header names and iterates on the global reactor), SEARCH evaluates keys itself
 (Twisted's compares bytes with str on Python 3), and LOGIN/AUTHENTICATE, STARTTLS,
 IDLE, SELECT, STATUS, APPEND and COPY answer with RFC 3501/5530 response codes.
+Bad input is refused before Twisted sees it: a literal size Twisted's int() would take
+("{-1}", "{1_0}") gets BAD, and an undecodable mailbox name NO without the traceback
+Twisted's ``_parseMbox`` logs.
 
 Faults: ``on`` is "connect" or the command verb (UID FETCH is "FETCH" with the
 attribute ``uid = true``), asked once the command's arguments are parsed.
@@ -52,6 +55,8 @@ FETCH_BATCH = 200
 MAX_LITERAL = 64 * 1024 * 1024
 
 _LITERAL = re.compile(rb"\{(\d+)\}\r\n")
+_LITERAL_SIZE = re.compile(rb"[0-9]{1,20}")
+_LITERAL_SPEC = re.compile(rb"(?:^|\s)\{([^{}]*)\}$")
 
 
 def _text(value: Any) -> str:
@@ -61,10 +66,32 @@ def _text(value: Any) -> str:
 
 
 def _mailbox_text(value: Any) -> str:
+    # Not imap4._parseMbox: it logs a traceback (log.err) for every undecodable name before raising.
     try:
-        return imap4._parseMbox(value) if isinstance(value, bytes) else _text(value)
+        return value.decode("imap4-utf-7") if isinstance(value, bytes) else _text(value)
     except Exception:
         return _text(value)
+
+
+def _mailbox_args(name: str, args: tuple) -> tuple:
+    """The arguments of command C{name} that are mailbox names (or LIST patterns)."""
+    if name in ("RENAME", "LIST", "LSUB"):
+        return args[:2]
+    if name in _MAILBOX_FIRST:
+        return args[:1]
+    if name == "COPY":
+        return args[1:2]
+    return ()
+
+
+def _undecodable(value: Any) -> bool:
+    if not isinstance(value, bytes):
+        return False
+    try:
+        value.decode("imap4-utf-7")
+    except Exception:
+        return True
+    return False
 
 
 def _first_word(rest: bytes | None) -> bytes:
@@ -222,7 +249,33 @@ class TestbedIMAPServer(IMAP4Server):
                 fields["args"] = _text(args)[:200]
             self._tags[tag] = name
             self.journal(COMMAND, tag=_text(tag), command=name, **fields)
+        refusal = self._bad_literal_size(rest)
+        if refusal is not None:
+            raise imap4.IllegalClientResponse(refusal)  # Twisted's parse_command answers it with BAD
         return super().dispatchCommand(tag, cmd, rest, uid)
+
+    def _bad_literal_size(self, line: bytes) -> str | None:
+        """Why the literal that ends C{line} is refused, journaled; None if there is none or it is good.
+
+        Twisted reads a literal's size with int(), which takes "-1" (then waits for a negative count
+        of octets and swallows the next line), "+5", "1_0" and " 5"; RFC 3501 says number = 1*DIGIT.
+        """
+        if not line.endswith(b"}"):
+            return None
+        match = _LITERAL_SPEC.search(line)
+        if match is None or _LITERAL_SIZE.fullmatch(match.group(1)):
+            return None
+        size = match.group(1)[:40]
+        self.journal(ERROR, error="invalid literal size", size=_text(size))
+        return f"Invalid literal size: {size!r}"  # the repr of bytes: Twisted sends the reason as ASCII
+
+    def parse_pending(self, line):
+        # The line after a literal may announce the next literal of the same command.
+        refusal = self._bad_literal_size(line)
+        if refusal is None:
+            return super().parse_pending(line)
+        self._pendingLiteral, self.parseState = None, "command"
+        self.sendBadResponse(self._tag, b"Illegal syntax: " + refusal.encode("utf-8"))
 
     def _respond(self, state, tag, message):
         # Twisted passes str messages in places (TRYCREATE, \Noselect): encode them, don't crash.
@@ -332,6 +385,12 @@ class TestbedIMAPServer(IMAP4Server):
         return attrs
 
     def _run(self, name: str, handler, tag: bytes, args: tuple, kwargs: dict):
+        for mailbox in _mailbox_args(name, args):
+            if _undecodable(mailbox):
+                # Bad input, not a server error: Twisted's handlers would log a traceback (_parseMbox's log.err).
+                self.journal(ERROR, error="undecodable mailbox name", command=name, mailbox=_text(mailbox))
+                self.sendNegativeResponse(tag, b"Illegal mailbox name: " + repr(mailbox).encode("ascii"))
+                return None
         attributes = self._attributes(name, args, kwargs)
         fault = self.seam.at(name, **attributes)
         if fault is None or fault.wire:

@@ -461,6 +461,10 @@ _FLAG_KEYS = {
 _HEADER_KEYS = {b"BCC": "bcc", b"CC": "cc", b"FROM": "from", b"SUBJECT": "subject", b"TO": "to"}
 
 
+#: How deep NOT, OR and parentheses may nest in SEARCH; deeper gets BAD.
+MAX_SEARCH_NESTING = 100
+
+
 class _Tokens:
     def __init__(self, tokens: list):
         self.tokens = tokens
@@ -474,6 +478,8 @@ class _Tokens:
             raise SearchError(f"missing {what}")
         token = self.tokens[self.i]
         self.i += 1
+        if token is None:  # parseNestedParens reads the atom NIL as None
+            raise SearchError(f"expected {what}, got NIL")
         return token
 
     def string(self, what: str) -> str:
@@ -486,21 +492,24 @@ class _Tokens:
 Predicate = Callable[[_SearchContext], bool]
 
 
-def compile_search(tokens: list) -> Predicate:
+def compile_search(tokens: list, depth: int = 0) -> Predicate:
     """A predicate from a parsed search-key list (``imap4.parseNestedParens``); SearchError if bad."""
     stream = _Tokens(tokens)
     keys = []
     while stream.more():
-        keys.append(_search_key(stream))
+        keys.append(_search_key(stream, depth))
     if not keys:
         raise SearchError("empty search")
     return lambda c: all(k(c) for k in keys)
 
 
-def _search_key(stream: _Tokens) -> Predicate:
+def _search_key(stream: _Tokens, depth: int = 0) -> Predicate:
+    # Compiling and evaluating recurse once per level: the bound keeps both far from the recursion limit.
+    if depth > MAX_SEARCH_NESTING:
+        raise SearchError(f"search keys nested deeper than {MAX_SEARCH_NESTING}")
     token = stream.next()
     if isinstance(token, list):
-        return compile_search(token)
+        return compile_search(token, depth + 1)
     word = token.upper()
     if word[:1].isdigit() or word[:1] == b"*":
         _id_set(token, 1)  # reject a malformed set now, not per message
@@ -560,10 +569,10 @@ def _search_key(stream: _Tokens) -> Predicate:
         _id_set(token, 1)
         return lambda c: c.message.stored.uid in _id_set(token, c.last_uid)
     if word == b"NOT":
-        inner = _search_key(stream)
+        inner = _search_key(stream, depth + 1)
         return lambda c: not inner(c)
     if word == b"OR":
-        left, right = _search_key(stream), _search_key(stream)
+        left, right = _search_key(stream, depth + 1), _search_key(stream, depth + 1)
         return lambda c: left(c) or right(c)
     raise SearchError(f"unknown search key {token.decode('ascii', 'replace')!r}")
 

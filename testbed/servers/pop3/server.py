@@ -39,6 +39,8 @@ _EMPTY_LINE = re.compile(rb"(?:^|\n)\r?\n")
 #: Numbers the APOP timestamps of every listener of the process.
 _MAGIC = itertools.count(1)
 
+#: Commands carrying credentials, refused in the clear when ``require_tls``.
+_CREDENTIALS = frozenset({"USER", "PASS", "APOP", "AUTH"})
 #: Commands valid before login (AUTHORIZATION) and after (TRANSACTION), RFC 1939.
 _AUTHORIZATION = frozenset({"CAPA", "USER", "PASS", "APOP", "AUTH", "STLS", "QUIT"})
 _TRANSACTION = frozenset({"CAPA", "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "NOOP", "RSET", "QUIT"})
@@ -417,6 +419,8 @@ class TestbedPOP3(pop3.POP3):
         valid = _TRANSACTION if self.mbox is not None else _AUTHORIZATION
         if verb not in valid:
             return self._respond(b"-ERR", "command not valid in this state")
+        if verb in _CREDENTIALS and self._plaintext_refused():
+            return self._respond(b"-ERR", "[AUTH] TLS required: send STLS first")
         low, high = _ARITY[verb]
         if not low <= len(args) <= high:
             return self._respond(b"-ERR", f"syntax error: {verb} takes {_arity_text(low, high)}")
@@ -499,8 +503,13 @@ class TestbedPOP3(pop3.POP3):
 
     # -- AUTHORIZATION ---------------------------------------------------------------------------
 
+    def _plaintext_refused(self) -> bool:
+        return self.factory.config.require_tls and not self._tls
+
     def listCapabilities(self) -> list[bytes]:
         caps = [b"TOP", b"UIDL", b"USER", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING", b"SASL PLAIN"]
+        if self._plaintext_refused():  # RFC 2595 4: no USER (nor SASL) while it would be refused
+            caps = [c for c in caps if c not in (b"USER", b"SASL PLAIN")]
         if self.factory.starttls and not self._tls and self.mbox is None:
             caps.append(b"STLS")
         caps.append(b"IMPLEMENTATION " + IMPLEMENTATION)

@@ -9,11 +9,15 @@ import attrs
 
 from testbed.faults.rules import THEN, FaultSurface, ReplyStyle
 from testbed.registry import ListenerSpec, MailListenersConfig, ProtocolSpec
+from testbed.servers.smtp.spec import check_mail_tls
 
 
 @attrs.frozen
 class POP3Config(MailListenersConfig):
-    """POP3 needs nothing beyond its listeners: users and mail come from the scenario's [users] and store."""
+    """POP3's listeners, plus ``require_tls``: users and mail come from the scenario's [users] and store."""
+
+    #: Refuse USER, PASS, APOP and AUTH (and leave USER and SASL out of CAPA) until STLS or on the POP3S port.
+    require_tls: bool = False
 
 
 SPEC = ProtocolSpec(
@@ -43,4 +47,5 @@ SPEC = ProtocolSpec(
     server="testbed.servers.pop3.server:POP3Server",
     fixture="pop3_server",
     daemon_defaults={"tls": "starttls"},
+    check=check_mail_tls,
 )

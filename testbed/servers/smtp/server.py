@@ -68,7 +68,8 @@ BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
 NEED_AUTH = frozenset({"MAIL", "RCPT", "DATA"})
 
 _ENHANCED = re.compile(rb"[245]\.\d{1,3}\.\d{1,3}(?: |$)")
-_SIZE = re.compile(rb"(?:^|\s)SIZE=(\d{1,20})(?=\s|$)", re.I)
+_SIZE = re.compile(rb"(?:^|\s)SIZE=([0-9]{1,20})(?=\s|$)", re.I)
+_SIZE_PARAM = re.compile(rb"(?:^|\s)SIZE=", re.I)
 
 #: The enhanced status code (RFC 3463) added to a reply that has none.
 _ENHANCED_FOR = {
@@ -360,7 +361,8 @@ class TestbedSMTP(smtp.ESMTP):
         if self._halt or self._silenced:
             return b""
         if len(tail) > self.MAX_LENGTH:
-            self._line_too_long()
+            if not self._overflow:  # still the line refused in an earlier chunk: one reply per line
+                self._line_too_long()
             self._overflow = True
         else:
             self._buffer = tail
@@ -592,6 +594,9 @@ class TestbedSMTP(smtp.ESMTP):
 
     def do_MAIL(self, rest: bytes) -> None:
         size = _SIZE.search(rest)
+        if size is None and _SIZE_PARAM.search(rest):
+            self.sendCode(501, b"5.5.4 Syntax: SIZE=<1 to 20 digits>")  # RFC 1870: size-value = 1*20DIGIT
+            return
         self._declared_size = int(size.group(1)) if size else None
         super().do_MAIL(rest)
 

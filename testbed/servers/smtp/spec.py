@@ -27,7 +27,7 @@ class SMTPConfig(MailListenersConfig):
 
 
 def check_mail_tls(config, check) -> None:
-    """Mechanisms we implement, and a ``require_tls`` some client can meet (SMTP, IMAP, FTP)."""
+    """Mechanisms we implement, and a ``require_tls`` some client can meet (SMTP, POP3, IMAP, FTP)."""
     for mech in getattr(config, "auth", ()):
         if mech.upper() not in MECHANISMS:
             check.fail("auth", "mechanisms among " + ", ".join(MECHANISMS), mech)
