@@ -345,7 +345,10 @@ class TestbedIMAPServer(IMAP4Server):
             return super().parse_command(line)
         except Exception as e:
             tag = line.split(None, 1)[0] if line.split() else None
-            self.journal(ERROR, error="command failed", detail=repr(e)[:200], **internal(e))
+            # Twisted's parser decodes a command name as ASCII, as RFC 3501 requires: a non-ASCII one is the
+            # client's bad input; any other exception is ours, and fails the test that caused it.
+            cause = {} if isinstance(e, UnicodeDecodeError) else internal(e)
+            self.journal(ERROR, error="command failed", detail=repr(e)[:200], **cause)
             self.sendBadResponse(tag, b"Server error: " + str(e).encode("utf-8", "replace")[:200])
 
     # -- faults at each command ---------------------------------------------------------
