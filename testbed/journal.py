@@ -24,6 +24,23 @@ REPLY = "reply"
 FAULT = "fault"
 STORED = "stored"
 ERROR = "error"
+#: A request no route or expectation allowed (fields: request, why); ``verify()`` names it.
+UNEXPECTED = "unexpected"
+
+
+def internal(error: Any) -> dict[str, Any]:
+    """The fields that mark an ``error`` event as an exception inside a server (not a client's bad input).
+
+    ``error`` is an exception or a Twisted Failure; a pytest test during which
+    such an event is recorded fails, with this traceback in its report.
+    """
+    if hasattr(error, "getTraceback"):
+        text = error.getTraceback()
+    else:
+        import traceback
+
+        text = "".join(traceback.format_exception(error))
+    return {"internal": True, "traceback": text[-4000:]}
 
 
 def jsonable(value: Any) -> Any:

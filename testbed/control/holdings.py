@@ -23,20 +23,14 @@ def _route_name(state) -> str:
 
 
 def _misses(state, request) -> list[str]:
-    """What keeps ``state``'s route from answering ``request``: method, path, query, headers, body."""
+    """What keeps ``state``'s route from answering ``request`` (the route's own ``differences``), by criterion."""
+    criteria = {"header": "headers", "JSON": "body"}
     missed = []
-    if state.method != "*" and state.method != request.method:
-        missed.append("method")
-    if not state.path(request.path):
-        missed.append("path")
-    query = request.query
-    if any(not any(match(v) for v in query.get(key, [])) for key, match in state.query):
-        missed.append("query")
-    headers = request.headers
-    if any(headers.get(name) is None or not match(headers[name]) for name, match in state.headers):
-        missed.append("headers")
-    if state.body_contains and state.body_contains not in request.body:
-        missed.append("body")
+    for phrase in state.differences(request):
+        criterion = phrase.split(" ", 1)[0]
+        criterion = criteria.get(criterion, criterion)
+        if criterion not in missed:
+            missed.append(criterion)
     return missed
 
 
