@@ -9,7 +9,9 @@ its table turns it off, so an empty scenario runs every default server.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 import typing
 from typing import Any, Iterator, Mapping
@@ -110,6 +112,14 @@ class JournalConfig:
 
 
 @attrs.frozen
+class ControlConfig:
+    #: The control API's endpoint; empty: off (the daemon then uses ``testbed.control.DEFAULT_LISTEN``).
+    listen: str = ""
+    #: Required when ``listen`` is not loopback: every request then needs ``Authorization: Bearer TOKEN``.
+    token: str = ""
+
+
+@attrs.frozen
 class Scenario:
     seed: int = 0
     servers: Servers = attrs.Factory(Servers)
@@ -117,6 +127,7 @@ class Scenario:
     mail: MailConfig = attrs.Factory(MailConfig)
     tls: TLSConfig = attrs.Factory(TLSConfig)
     journal: JournalConfig = attrs.Factory(JournalConfig)
+    control: ControlConfig = attrs.Factory(ControlConfig)
     faults: typing.List[FaultRule] = attrs.Factory(list)
     #: Where the scenario came from, for messages; relative paths resolve against ``base_dir``.
     source: str = attrs.field(default="<scenario>", eq=False)
@@ -180,8 +191,38 @@ def _check_servers(checker: Checker, scenario: Scenario) -> None:
         registry.check_tls_versions(getattr(entry.config, "tls_versions", ()), check)
         if spec.check is not None:
             spec.check(entry.config, check)
+    check_control(checker, scenario.control)
     if bool(scenario.tls.ca_cert) != bool(scenario.tls.ca_key):
         checker.fail("tls", "both ca_cert and ca_key, or neither")
+
+
+def loopback_endpoint(endpoint: str) -> bool:
+    """Whether a TCP endpoint string binds only loopback (no ``interface=`` binds every interface)."""
+    interface = ""
+    for part in re.split(r"(?<!\\):", endpoint)[2:]:
+        if part.startswith("interface="):
+            interface = part[len("interface="):].replace("\\", "")
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
+
+
+def check_control(checker: Checker, control: ControlConfig, key: str = "control.listen") -> None:
+    """An endpoint that parses; a token when it listens beyond loopback."""
+    from twisted.internet.endpoints import serverFromString
+
+    if not control.listen:
+        return
+    try:
+        serverFromString(None, control.listen)
+    except Exception as e:
+        checker.fail(key, f"a Twisted endpoint string such as {EPHEMERAL!r} ({e})", control.listen)
+    if not control.token and not loopback_endpoint(control.listen):
+        checker.fail("control.token", "a token: the control API listens beyond loopback "
+                                      f"({control.listen!r}), so every request must carry one")
 
 
 def from_dict(data: Mapping[str, Any], source: str = "<scenario>", base_dir: str = ".") -> Scenario:

@@ -11,8 +11,13 @@ from typing import Any, Mapping
 
 from testbed import registry
 
+#: The control API's loopback port in the default scenario: no peer tool takes it by default
+#: (MailHog and Mailpit use 8025, WireMock 8080, Toxiproxy 8474, mountebank 2525, MockServer 1080).
+CONTROL_PORT = 2580
+
 #: What the default scenario sets besides its servers.
 _BASE = {
+    "control": {"listen": f"tcp:{CONTROL_PORT}:interface=127.0.0.1"},
     "seed": 0,
     # A long-running daemon keeps the newest events; --journal FILE keeps them all.
     "journal": {"max_events": 200000},

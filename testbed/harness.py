@@ -8,7 +8,7 @@ some of Twisted's protocol modules install a reactor at import.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from twisted.application import service
 from twisted.internet import defer
@@ -41,21 +41,42 @@ class Testbed(service.MultiService):
         self.seed = self.scenario.seed if seed is None else seed
         self.journal = Journal(payload_cap=self.scenario.journal.payload_cap,
                                max_events=self.scenario.journal.max_events, redact=self.scenario.journal.redact)
-        targets = self.scenario.servers.targets()
         self.faults = FaultEngine(self.seed, self.journal, self.scenario.faults,
-                                  build_rule=lambda **rule: config_module.rule_from_kwargs("faults.add()", targets,
-                                                                                           **rule))
+                                  build_rule=lambda **rule: self.rule("faults.add()", **rule))
         tls = self.scenario.tls
         ca = CertificateAuthority.load(self.scenario.path(tls.ca_cert), self.scenario.path(tls.ca_key)) if tls.ca_cert else None
         self.tls = ServerTLS(ca, tls.hostnames)
         self._mail = None
+        #: The control API service, when a face attached one (``testbed.control.attach``).
+        self.control = None
         self._writers: list[JSONLWriter] = []
-        self.servers: dict[str, Server] = {}
-        for entry in self.scenario.servers.enabled():
+        self._entries = {entry.name: entry for entry in self.scenario.servers.enabled()}
+        self._built: dict[str, Server] = {}
+
+    @property
+    def servers(self) -> dict[str, Server]:
+        """Every enabled server by instance name, in scenario order."""
+        return {name: self.server(name) for name in self._entries}
+
+    def server(self, name: str) -> Server:
+        """The server instance ``name``, built on first mention: a run that uses one server imports only its module."""
+        server = self._built.get(name)
+        if server is None:
+            try:
+                entry = self._entries[name]
+            except KeyError:
+                enabled = ", ".join(sorted(self._entries)) or "none"
+                raise KeyError(f"server {name!r} is not running in this scenario (running: {enabled})") from None
             server = entry.spec.load_server()(self._context(entry))
-            server.setName(entry.name)
-            server.setServiceParent(self)
-            self.servers[entry.name] = server
+            server.setName(name)
+            # A MultiService starts a child added while it runs; a server starts when start() names it instead.
+            running, self.running = self.running, 0
+            try:
+                server.setServiceParent(self)
+            finally:
+                self.running = running
+            self._built[name] = server
+        return server
 
     def _context(self, entry: ServerEntry) -> ServerContext:
         scenario = self.scenario
@@ -67,18 +88,31 @@ class Testbed(service.MultiService):
 
     def privilegedStartService(self):
         """Under twistd: bind every listener now, so a port in use stops the daemon before it runs."""
+        self.servers  # build them all: twistd starts every child
         super().privilegedStartService()
         failures = []
-        for server in self.servers.values():
-            if server.started is not None:
-                server.started.addErrback(failures.append)
+        for started in self._started():
+            started.addErrback(failures.append)
         if failures:
             failures[0].raiseException()
 
-    def start(self) -> defer.Deferred:
-        """Start every enabled server; fires with the testbed once all listen (fails with the first error)."""
-        self.startService()
-        d = defer.gatherResults([server.started for server in self.servers.values()], consumeErrors=True)
+    def start(self, only: Iterable[str] | None = None) -> defer.Deferred:
+        """Start every enabled server (or the ones named in ``only``) that is not running yet.
+
+        Fires with the testbed once they all listen (fails with the first
+        error). Servers left out start later, on a call that names them.
+        """
+        if only is None:
+            self.servers  # build them all
+        if not self.running:
+            service.Service.startService(self)  # the testbed runs; which children run is chosen below
+        children = list(self) if only is None else (
+            [self[name] for name in only] + [child for child in self if not isinstance(child, Server)])
+        for child in children:
+            if not child.running:
+                child.startService()
+        d = defer.gatherResults([c.started for c in children if getattr(c, "started", None) is not None],
+                                consumeErrors=True)
 
         def failed(failure):
             first = failure.value.subFailure if isinstance(failure.value, defer.FirstError) else failure
@@ -86,10 +120,14 @@ class Testbed(service.MultiService):
 
         return d.addCallbacks(lambda _: self, failed)
 
+    def _started(self) -> list[defer.Deferred]:
+        """What fires once each child listens: every server's, and any other child's (the control API)."""
+        return [child.started for child in self if getattr(child, "started", None) is not None]
+
     def stop(self) -> defer.Deferred:
         """Stop every server (and any other child service); fires once all stopped listening."""
         d = defer.maybeDeferred(self.stopService) if self.running else defer.gatherResults(
-            [defer.maybeDeferred(s.stop) for s in self.servers.values()])
+            [defer.maybeDeferred(s.stop) for s in self._built.values()])
 
         def close_writers(result):
             for writer in self._writers:
@@ -104,8 +142,9 @@ class Testbed(service.MultiService):
         self.call(self._reset)
 
     def _reset(self) -> None:
-        for server in self.servers.values():
-            server.reset()
+        for server in self._built.values():
+            if server.running:
+                server.reset()
         if self._mail is not None:
             self._mail.reset()
         self.faults.reset()
@@ -130,11 +169,20 @@ class Testbed(service.MultiService):
         return self.tls.ca_path
 
     def __getitem__(self, name: str) -> Server:
-        try:
-            return self.servers[name]
-        except KeyError:
-            enabled = ", ".join(sorted(self.servers)) or "none"
-            raise KeyError(f"server {name!r} is not running in this scenario (running: {enabled})") from None
+        return self.server(name)
+
+    @property
+    def started(self) -> list[str]:
+        """The names of the servers running now (a pytest run starts each on first use)."""
+        return [name for name, server in self._built.items() if server.running]
+
+    def targets(self) -> Mapping[str, Any]:
+        """What a fault rule may aim at: this scenario's enabled servers."""
+        return {name: (entry.protocol, entry.spec.faults) for name, entry in self._entries.items()}
+
+    def rule(self, label: str, **rule: Any):
+        """A fault rule from keyword arguments, validated against this run's servers; errors start with ``label``."""
+        return config_module.rule_from_kwargs(label, self.targets(), **rule)
 
     def write_journal(self, path: str) -> None:
         """Append every event from now on to ``path`` as JSON Lines, flushed per event."""
@@ -143,12 +191,13 @@ class Testbed(service.MultiService):
         self.journal.add_sink(writer)
 
     def describe(self) -> list[str]:
-        """One line per listener: server, label and address."""
-        return [line for server in self.servers.values() for line in server.describe()]
+        """One line per listener: server, label and address (the control API's too, when it runs)."""
+        return [line for child in self if hasattr(child, "describe") for line in child.describe()]
 
     def listener_records(self) -> list[dict[str, Any]]:
-        """Every listener of every server as JSON-ready data: server, protocol, label, host, port, url, tls."""
-        return [record for server in self.servers.values() for record in server.listener_records()]
+        """Every listener of every server (and of the control API, when it runs) as JSON-ready data: server,
+        protocol, label, host, port, url, tls."""
+        return [record for child in self if hasattr(child, "listener_records") for record in child.listener_records()]
 
     def call(self, fn, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` in the reactor thread and return its result (directly when already there)."""

@@ -9,6 +9,7 @@ and exported as JSON Lines.
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import threading
 import time
@@ -26,6 +27,23 @@ STORED = "stored"
 ERROR = "error"
 #: The server stopped reading a client that does not read its replies (``reading=False``), or read again.
 FLOW = "flow"
+#: A request no route or expectation allowed (fields: request, why); ``verify()`` names it.
+UNEXPECTED = "unexpected"
+
+
+def internal(error: Any) -> dict[str, Any]:
+    """The fields that mark an ``error`` event as an exception inside a server (not a client's bad input).
+
+    ``error`` is an exception or a Twisted Failure; a pytest test during which
+    such an event is recorded fails, with this traceback in its report.
+    """
+    if hasattr(error, "getTraceback"):
+        text = error.getTraceback()
+    else:
+        import traceback
+
+        text = "".join(traceback.format_exception(error))
+    return {"internal": True, "traceback": text[-4000:]}
 
 
 def jsonable(value: Any) -> Any:
@@ -149,6 +167,11 @@ class Journal:
     def __len__(self) -> int:
         return len(self._events)
 
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the newest event recorded (0 before any); it survives ``clear``."""
+        return self._seq
+
     def __iter__(self) -> Iterator[dict]:
         return iter(list(self._events))
 
@@ -164,9 +187,11 @@ class Journal:
         """
         kinds = {kind} if isinstance(kind, str) else (set(kind) if kind is not None else None)
         out = []
-        for e in list(self._events):
-            if e["seq"] <= since:
-                continue
+        # One C-level copy of the bounded deque (atomic against the reactor thread's appends); events
+        # are in seq order, so ``since`` starts by bisection rather than a walk over what came before.
+        events = list(self._events)
+        start = bisect.bisect_right(events, since, key=_seq_of) if since else 0
+        for e in events[start:]:
             if kinds is not None and e["kind"] not in kinds:
                 continue
             if server is not None and e["server"] != server:
@@ -212,6 +237,10 @@ class Journal:
                     self._changed.wait(min(remaining, 0.5))
             finally:
                 self._waiters -= 1
+
+
+def _seq_of(event: dict) -> int:
+    return event["seq"]
 
 
 class JSONLWriter:

@@ -46,6 +46,9 @@ class Options(usage.Options):
                                "(default: a fresh temporary file, named in the ready output)."],
         ["ports-out", None, None, "Once listening, write every listener (server, protocol, label, host, port, "
                                   "url, tls), the CA file and the seed to FILE as JSON."],
+        ["control", None, None, "Endpoint of the control API and dashboard (scenario key control.listen; the "
+                                "embedded default scenario uses tcp:2580:interface=127.0.0.1, a file none unless "
+                                "it sets one; an empty string turns it off)."],
     ] + [
         [name, None, None, f"Listen endpoint of the {server.upper()} server's "
                            + ("implicit-TLS listener" if key == "tls_listen" else "plain listener")
@@ -66,8 +69,24 @@ class Options(usage.Options):
                                            f"tcp:9000:interface=127.0.0.1, got {endpoint!r} ({e})")
         try:
             self.scenario = self.load_scenario()
+            self.control_listen = self.control_endpoint()
         except config_module.ScenarioError as e:
             raise usage.UsageError(str(e))
+
+    def control_endpoint(self) -> str:
+        """Where the control API listens ("" for nowhere): --control, else the scenario's [control] listen."""
+        control = self.scenario.control
+        if self["control"] is None:
+            self.origins[("control", "listen")] = (
+                f"control.listen in {self['config']}" if self["config"] else
+                "the well-known port of the control API (choose another with --control ENDPOINT)")
+            return control.listen
+        import attrs
+
+        config_module.check_control(config_module.Checker("--control"), attrs.evolve(control, listen=self["control"]),
+                                    key="--control")
+        self.origins[("control", "listen")] = "--control"
+        return self["control"]
 
     def load_scenario(self) -> config_module.Scenario:
         """The scenario with its well-known ports filled in and the endpoint options applied.
@@ -203,5 +222,9 @@ def makeService(options: Options) -> service.IService:
     bed = Daemon(options)
     if options["journal"]:
         bed.write_journal(options["journal"])
+    if options.control_listen:
+        from testbed import control
+
+        control.attach(bed, options.control_listen)
     Announcer(bed, options).setServiceParent(bed)
     return bed

@@ -14,7 +14,8 @@ def ephemeral(*but):
 
     An option turns its server on: leave out the servers a test's scenario turns off.
     """
-    return [arg for name in ("http", "https", "smtp", "smtps", "pop3", "pop3s", "imap", "imaps", "ftp", "dns")
+    return [arg for name in ("http", "https", "smtp", "smtps", "pop3", "pop3s", "imap", "imaps", "ftp", "dns",
+                             "control")
             if name not in but for arg in (f"--{name}", "tcp:0:interface=127.0.0.1")]
 
 
@@ -27,6 +28,8 @@ class Daemon:
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.urls = {}
         self.ca = None
+        #: The control API's base URL (http://127.0.0.1:PORT), when it runs.
+        self.control = None
         self.output = []
         for line in self.process.stdout:
             self.output.append(line)
@@ -36,6 +39,9 @@ class Daemon:
             match = re.match(r"twisted-testbed: CA\s+(\S.*)$", line)
             if match:
                 self.ca = match.group(1)
+            match = re.match(r"twisted-testbed: control API and dashboard at (http://\S+?)/?$", line)
+            if match:
+                self.control = match.group(1)
             if line.strip() == "twisted-testbed: ready" or self.process.poll() is not None:
                 break
 

@@ -211,3 +211,12 @@ def test_a_non_editable_install_carries_the_twistd_plugin(installed, tmp_path):
     result = subprocess.run([installed, *TWISTD, "--help"], cwd=tmp_path, capture_output=True, text=True,
                             timeout=60, env=without_pythonpath())
     assert re.search(r"^\s+testbed\s", result.stdout, re.M), result.stdout
+
+
+def test_a_non_editable_install_carries_the_dashboard(installed, tmp_path):
+    where = subprocess.run([installed, "-c", "import os, testbed.control.dashboard as d; print(d.FOLDER); "
+                                             "print(sorted(os.listdir(d.FOLDER)))"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=60, env=without_pythonpath())
+    folder, names = where.stdout.splitlines()
+    assert folder.startswith(str(installed.parent.parent)), where.stdout + where.stderr
+    assert names == str(["app.css", "app.js", "index.html"])

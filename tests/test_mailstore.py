@@ -821,3 +821,20 @@ def test_clearing_recent_moves_maildir_files_from_new_to_cur_and_survives_a_rest
     reopened = MailStore(maildir=str(tmp_path), users={"alice@example.test": "pw"}).mailbox("alice@example.test")
     assert [m.recent for m in reopened.messages] == [False, True]
     assert [m.raw for m in reopened.messages] == [first.raw, second.raw]
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_remove_user_forgets_password_mailboxes_and_maildir(tmp_path, on_disk):
+    store = MailStore(maildir=tmp_path / "md" if on_disk else None, users={"carol@example.test": "pw"})
+    store.deliver("carol@example.test", b"Subject: x\r\n\r\nbody\r\n")
+    store.create_mailbox("carol@example.test", "Archive")
+    store.remove_user("Carol@example.test")
+    assert not store.has_user("carol@example.test")
+    with pytest.raises(KeyError):
+        store.mailbox("carol@example.test")
+    if on_disk:
+        assert not (tmp_path / "md" / "carol@example.test").exists()
+    with pytest.raises(KeyError):
+        store.remove_user("carol@example.test")
+    store.reset()
+    assert store.has_user("carol@example.test") and store.mailbox("carol@example.test").messages == []

@@ -26,16 +26,16 @@ def stable_random(*parts: Any) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def _matches(pattern: Any, value: Any) -> bool:
+def glob_matches(pattern: Any, value: Any) -> bool:
     if isinstance(pattern, (list, tuple)):
-        return any(_matches(p, value) for p in pattern)
+        return any(glob_matches(p, value) for p in pattern)
     if isinstance(pattern, Mapping):
         if not isinstance(value, Mapping):
             return False
         lowered = {str(k).lower(): v for k, v in value.items()}
-        return all(k.lower() in lowered and _matches(p, lowered[k.lower()]) for k, p in pattern.items())
+        return all(k.lower() in lowered and glob_matches(p, lowered[k.lower()]) for k, p in pattern.items())
     if isinstance(value, (list, tuple, set, frozenset)):
-        return any(_matches(pattern, v) for v in value)
+        return any(glob_matches(pattern, v) for v in value)
     if isinstance(pattern, bool) or isinstance(value, bool):
         return pattern == value
     if isinstance(pattern, (int, float)) and not isinstance(value, str):
@@ -48,7 +48,7 @@ def _matches(pattern: Any, value: Any) -> bool:
 
 
 def rule_matches(rule: FaultRule, attributes: Mapping[str, Any]) -> bool:
-    return all(_matches(p, attributes.get(k)) for k, p in rule.match.items())
+    return all(glob_matches(p, attributes.get(k)) for k, p in rule.match.items())
 
 
 @attrs.define(eq=False)
@@ -120,6 +120,21 @@ class FaultEngine:
         self._runtime.append(_RuleState(rule, f"runtime:{self._added}"))
         self._index()
         return rule
+
+    def key_of(self, rule: FaultRule) -> str | None:
+        """The key ``stats`` and the journal give ``rule`` (the last added, for equal rules)."""
+        for state in reversed(self._scenario + self._runtime):
+            if state.rule is rule:
+                return state.key
+        return None
+
+    def remove(self, key: str) -> bool:
+        """Remove the runtime rule ``key`` ("runtime:3", as ``stats`` names it); whether there was one."""
+        kept = [s for s in self._runtime if s.key != key]
+        removed = len(kept) != len(self._runtime)
+        self._runtime = kept
+        self._index()
+        return removed
 
     def clear(self) -> None:
         """Remove the rules added at runtime; scenario rules stay."""

@@ -194,7 +194,8 @@ def build_rule(checker: Checker, path: str, raw: Any, targets: Targets) -> Fault
         checker.fail(path, "a table with server, on, action...", raw)
     missing = [key for key in ("server", "action") if key not in raw]
     if missing:
-        checker.fail(f"{path}.{missing[0]}", "a value (server and action are required)")
+        checker.fail(f"{path}.{missing[0]}", "a value (server and action are required; missing: "
+                     + ", ".join(missing) + ")")
     server = raw.get("server")
     if server not in targets:
         checker.fail(f"{path}.server", "one of " + ", ".join(sorted(targets)), server)
@@ -210,6 +211,8 @@ def build_rule(checker: Checker, path: str, raw: Any, targets: Targets) -> Fault
     if on not in allowed:
         what = "'connect' for a 'refuse' fault" if action == "refuse" else (
             f"a stage where a {server} {action!r} fault applies: " + ", ".join(sorted(allowed)))
+        if "on" not in raw:  # the default did not fit: say the key is missing, not what we assumed
+            checker.fail(f"{path}.on", f"a value (missing; {action!r} has no default stage): {what}")
         checker.fail(f"{path}.on", what, on)
     schema = actions[action]
     params = {}

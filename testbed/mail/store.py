@@ -868,6 +868,20 @@ class MailStore:
         if user not in self._mailboxes:
             self._open_user(user)
 
+    def remove_user(self, address: str) -> None:
+        """Forget a user: password, mailboxes, messages and subscriptions (and its Maildir); KeyError if unknown.
+
+        A user the scenario configured comes back at the next `reset`.
+        """
+        user = self._user_key(address)
+        for mailbox in self._mailboxes.pop(user).values():
+            mailbox._mark_deleted()
+        if self.maildir is not None:
+            _remove_tree(self._user_path(user), self.maildir)
+        self._passwords.pop(user, None)
+        self._subscriptions.pop(user, None)
+        self._locks.discard(user)
+
     def has_user(self, address: str) -> bool:
         try:
             return normalize_user(address) in self._passwords

@@ -315,11 +315,76 @@ class Server(service.Service, abc.ABC):
         check()
         return d
 
-    def wait_for_items(self, items: Callable[[], Sequence], predicate_or_count: Any, timeout: float, noun: str):
-        """The common ``wait_for``: a count of items, or a predicate some item must satisfy."""
+    #: The keyword that picks which records ``wait_for`` reads (POP3's ``kind``, IMAP's ``of``), if any.
+    wait_selector: str | None = None
+    #: Filter keywords that stand for a record attribute of another name (SMTP: ``to`` for ``rcpt_to``).
+    wait_aliases: Mapping[str, str] = {}
+
+    def wait_records(self, selector: str | None) -> tuple[Callable[[], Sequence], str]:
+        """The records ``wait_for`` reads for ``selector`` (None: the default), and their noun."""
+        raise TypeError(f"{type(self).__name__} keeps no records to wait for")
+
+    def wait_for(self, predicate_or_count: Any = 1, *, timeout: float = 5.0, count: int | None = None,
+                 **filters: Any):
+        """This server's records once ``count`` match ``filters``, or those that also satisfy ``predicate``.
+
+        ``filters`` name record attributes: a string is a case-insensitive glob
+        (``to="alice@*"``, ``path="/api/*"``), anything else must be equal, and
+        a list attribute matches when one of its items does. Blocks in a test
+        thread and returns the records; in the reactor thread, returns a
+        Deferred. Raises ``WaitTimeout`` naming what arrived instead.
+        """
+        if count is not None:  # the keyword older handles took
+            predicate_or_count = count
+        selector = filters.pop(self.wait_selector, None) if self.wait_selector else None
+        collect, noun = self.wait_records(selector)
+        wanted = [(self.wait_aliases.get(key, key), key, _pattern(value)) for key, value in filters.items()]
+        described = "".join(f" with {key} {value!r}" for key, value in filters.items())
+
+        def kept() -> list:
+            items = list(collect())
+            return [item for item in items if all(test(_attribute(item, name, shown)) for name, shown, test in wanted)]
+
         if callable(predicate_or_count):
             predicate = predicate_or_count
-            return self._wait(lambda: [i for i in items() if predicate(i)], lambda found: len(found) > 0,
-                              f"a {noun} matching {getattr(predicate, '__name__', predicate)}", timeout, seen=items)
-        count = 1 if predicate_or_count is None else int(predicate_or_count)
-        return self._wait(items, lambda found: len(found) >= count, f"{count} {noun}(s)", timeout)
+            return self._wait(lambda: [i for i in kept() if predicate(i)], lambda found: len(found) > 0,
+                              f"a {noun}{described} matching {getattr(predicate, '__name__', predicate)}", timeout,
+                              seen=collect)
+        number = 1 if predicate_or_count is None else int(predicate_or_count)
+        return self._wait(kept, lambda found: len(found) >= number, f"{number} {noun}(s){described}", timeout,
+                          seen=collect)
+
+
+def _attribute(record: Any, name: str, shown: str) -> Any:
+    if isinstance(record, Mapping):
+        if name in record:
+            return record[name]
+        known = sorted(record)
+    else:
+        try:
+            return getattr(record, name)
+        except AttributeError:
+            known = sorted(n for n in dir(record) if not n.startswith("_") and not callable(getattr(record, n, None)))
+    raise TypeError(f"wait_for({shown}=...): a {type(record).__name__} has no {name!r}; "
+                    f"filter on one of: {', '.join(known)}")
+
+
+def _pattern(wanted: Any) -> Callable[[Any], bool]:
+    """A test of one record attribute: a case-insensitive glob for strings, else equality; lists match by item."""
+    if isinstance(wanted, str):
+        import fnmatch
+
+        pattern = wanted.lower()
+
+        def one(value: Any) -> bool:
+            return isinstance(value, str) and fnmatch.fnmatchcase(value.lower(), pattern)
+    else:
+        def one(value: Any) -> bool:
+            return value == wanted
+
+    def test(value: Any) -> bool:
+        if isinstance(value, (list, tuple)) and not isinstance(wanted, (list, tuple)):
+            return any(one(v) for v in value)
+        return one(value)
+
+    return test

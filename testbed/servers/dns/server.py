@@ -28,7 +28,7 @@ from twisted.protocols import policies
 from testbed.faults.udp import FaultingDatagramProtocol, apply_datagram_fault
 from testbed.faults.seam import NO_SEAM, SeamFactory
 from testbed.schema import ScenarioError
-from testbed.journal import COMMAND, ERROR, REPLY, STORED, Records
+from testbed.journal import COMMAND, ERROR, REPLY, STORED, Records, internal
 from testbed.servers.base import Server
 from testbed.servers.dns.records import ZoneServerFactory, ZoneSet
 from testbed.servers.udp import listen_tcp_and_udp
@@ -289,7 +289,8 @@ class DNSFactory(SeamFactory, ZoneServerFactory):
         try:
             self._dispatch(message, ex)
         except Exception as e:  # a bug of ours must not stop the server
-            self._record(ERROR, ex, error=f"{type(e).__name__}: {e}", transport=ex.transport, size=len(data))
+            self._record(ERROR, ex, error=f"{type(e).__name__}: {e}", transport=ex.transport, size=len(data),
+                         **internal(e))
 
     def _undecodable(self, ex: _Exchange, data: bytes, why: str) -> None:
         self._record(ERROR, ex, error="undecodable message", detail=why, transport=ex.transport, size=len(data),
@@ -354,7 +355,8 @@ class DNSFactory(SeamFactory, ZoneServerFactory):
     def _failed(self, failure, ex):
         self._record(COMMAND, ex, command="query", name=ex.name, type=ex.type, transport=ex.transport, id=ex.id,
                      rcode=None, answers=0, sent=False)
-        self._record(ERROR, ex, error=failure.getErrorMessage(), transport=ex.transport, name=ex.name, type=ex.type)
+        self._record(ERROR, ex, error=failure.getErrorMessage(), transport=ex.transport, name=ex.name, type=ex.type,
+                     **internal(failure))
 
     def _decide(self, ex: _Exchange):
         engine = self.engine
@@ -566,6 +568,6 @@ class DNSServer(Server):
         self.context.journal.record(STORED, self.name, None, record=how, name=name, type=rtype, value=value, ttl=ttl)
         return result
 
-    def wait_for(self, predicate_or_count: Any = 1, timeout: float = 5.0):
-        """The queries once ``count`` have been answered, or those matching ``predicate``."""
-        return self.wait_for_items(lambda: list(self.factory.queries), predicate_or_count, timeout, "query")
+    def wait_records(self, selector: str | None):
+        """``wait_for`` reads the answered queries (``DNSQuery``)."""
+        return (lambda: list(self.factory.queries)), "query"

@@ -60,3 +60,7 @@ class EchoServer(Server):
         super().reset()
         if self.udp is not None:
             self.udp.reset()
+
+    def wait_records(self, selector: str | None):
+        """``wait_for`` reads the lines received over TCP (journal ``command`` events, with their ``text``)."""
+        return (lambda: self.context.journal.query(COMMAND, server=self.name)), "line"

@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from testbed.faults.seam import NO_SEAM, SeamFactory
 from testbed.faults.wire import FaultingProtocol
-from testbed.journal import COMMAND, ERROR, REPLY, STORED
+from testbed.journal import COMMAND, ERROR, REPLY, STORED, internal
 from testbed.mail.credentials import MailChecker, login_user
 from testbed.mail.store import MailStore
 from testbed.servers.base import Server
@@ -378,7 +378,8 @@ class FTPProtocol(DataChannel, ftp.FTP):
 
     def _internal_error(self, failure: Failure, cmd: str) -> None:
         _log.failure("FTP command {cmd} failed", failure, cmd=cmd)
-        self.seam.record(ERROR, error="internal error", command=cmd, detail=failure.getErrorMessage())
+        self.seam.record(ERROR, error="internal error", command=cmd, detail=failure.getErrorMessage(),
+                         **internal(failure))
         self.respond(451, "Requested action aborted: local error in processing.")
 
     def _resume(self, _: Any) -> None:
@@ -1080,6 +1081,6 @@ class FTPServer(Server):
                 return f.read()
         return self.context.call(self.shell.read_bytes, path)
 
-    def wait_for(self, predicate_or_count: Any = 1, timeout: float = 5.0):
-        """The uploads once ``count`` have completed, or those matching ``predicate``."""
-        return self.wait_for_items(lambda: list(self.uploads), predicate_or_count, timeout, "upload")
+    def wait_records(self, selector: str | None):
+        """``wait_for`` reads the completed uploads (``FTPUpload``)."""
+        return (lambda: list(self.uploads)), "upload"

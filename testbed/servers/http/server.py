@@ -8,7 +8,6 @@ wire action scoped to the response.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import io
 import json as jsonlib
@@ -26,9 +25,11 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"twisted\.web\.resource\._Unsafe")
     from twisted.web import static
 
+from testbed.servers.http.routing import ANY_JSON, Expectation, RouteState, Routing, describe_request
+from testbed.servers.http.routing import response_of as _response_of
 from testbed.servers.http.spec import Route
 from testbed.faults.seam import NO_SEAM, SeamFactory
-from testbed.journal import COMMAND, ERROR, STORED
+from testbed.journal import COMMAND, ERROR, STORED, UNEXPECTED, internal
 from testbed.servers.base import Server
 
 
@@ -182,68 +183,6 @@ class RawRequest:
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
-def _matcher(pattern: str):
-    """A test for one glob: plain equality when it has no wildcard, else a regex compiled once."""
-    if not any(c in pattern for c in "*?["):
-        return pattern.__eq__
-    return re.compile(fnmatch.translate(pattern)).match
-
-
-class RouteState:
-    """A route, its compiled matchers and its canned response, and how many times it answered."""
-
-    def __init__(self, route: Route):
-        self.route = route
-        self.hits = 0
-        self.method = route.method.upper()
-        self.path = _matcher(route.path)
-        self.query = [(key, _matcher(pattern)) for key, pattern in route.query.items()]
-        self.headers = [(name.lower(), _matcher(pattern)) for name, pattern in route.match_headers.items()]
-        self.body_contains = route.body_contains.encode() if route.body_contains else b""
-        self.fixed = None if route.responses else _response_of(
-            {"status": route.status, "headers": route.headers, "body": route.body, "json": route.json})
-
-    def matches(self, request: HTTPRequest) -> bool:
-        if self.method != "*" and self.method != request.method:
-            return False
-        if not self.path(request.path):
-            return False
-        if self.query:
-            query = request.query
-            if not all(any(match(v) for v in query.get(key, [])) for key, match in self.query):
-                return False
-        if self.headers:
-            headers = request.headers
-            for name, match in self.headers:
-                value = headers.get(name)
-                if value is None or not match(value):
-                    return False
-        if self.body_contains and self.body_contains not in request.body:
-            return False
-        return True
-
-    def next_response(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        self.hits += 1
-        if self.fixed is not None:
-            return self.fixed
-        responses = self.route.responses
-        return _response_of(responses[min(self.hits, len(responses)) - 1])
-
-
-def _response_of(response: Mapping[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """(status, encoded headers, body bytes) from a route or fault response table."""
-    headers = {str(k): str(v) for k, v in (response.get("headers") or {}).items()}
-    if response.get("json") is not None:
-        headers.setdefault("Content-Type", "application/json")
-        body = jsonlib.dumps(response["json"]).encode("utf-8")
-    else:
-        body = response.get("body") or b""
-        body = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)
-    encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-    return int(response.get("status", 200)), encoded, body
-
-
-NO_ROUTE = (404, [(b"Content-Type", b"text/plain")], b"no route\n")
 NOT_FOUND = (404, [(b"Content-Type", b"text/plain")], b"not found\n")
 METHOD_NOT_ALLOWED = (405, [(b"Content-Type", b"text/plain")], b"method not allowed\n")
 
@@ -407,69 +346,78 @@ class TestbedResource(resource.Resource):
         http._requests.append(raw)
         record = RawRequest(raw)
         # Journaled once, when answered, with the reply folded in (``journal``).
-        seen = (record, conn, size)
+        request.testbed_request = (record, size)
         if seam.wants("request"):
             headers = record.headers
             fault = seam.at("request", method=record.method, path=record.path, query=record.query,
                             headers=headers, host=headers.get("host", ""), tls=record.tls)
             if fault is not None and not fault.wire:
                 if fault.action != "short_body":
-                    return self.broken(request, fault, seen)
+                    return self.broken(request, fault, conn)
                 cut_after(request, fault.param("bytes"))
-        for state in http._runtime_routes[::-1] if http._runtime_routes else ():
-            if state.matches(record):
-                return self.respond(request, *state.next_response(), seen)
-        for state in http._scenario_routes:
-            if state.matches(record):
-                return self.respond(request, *state.next_response(), seen)
+        response, why = http.routing.answer(record)
+        if why is not None:
+            http.context.journal.record(UNEXPECTED, http.name, conn, request=describe_request(record), why=why)
+        if response is not None:
+            return self.respond(request, *response, conn)
         if http.static_root is not None:
-            return self.static(request, seen)
-        return self.not_found(request, NO_ROUTE, seen)
+            return self.static(request, conn)
+        return self.unmatched(request, record, conn)
 
-    def journal(self, seen: tuple, **reply: Any) -> None:
-        """The request's one event: method, path, query and body size, with the reply's status and size."""
-        record, conn, size = seen
+    def unmatched(self, request, record, conn: int) -> bytes:
+        """A 404 whose body names the closest routes and expectations and what differed; also journaled.
+
+        ``GET /`` on a server with an ``index`` page (the daemon's) gets that page instead.
+        """
+        http = self.http
+        if self._asks_for_index(request):
+            return self.respond(request, 200, [(b"Content-Type", b"text/html; charset=utf-8")], http.index, conn)
+        why = http.routing.near_miss(record)
+        http.routing.problem(why)
+        http.context.journal.record(UNEXPECTED, http.name, conn, request=describe_request(record), why=why)
+        return self.respond(request, 404, [(b"Content-Type", b"text/plain; charset=utf-8")],
+                            why.encode("utf-8", "replace") + b"\n", conn)
+
+    def _asks_for_index(self, request) -> bool:
+        """``GET /`` (or HEAD) on a server with an ``index`` page, which nothing else answered."""
+        return self.http.index is not None and request.path == b"/" and request.method in (b"GET", b"HEAD")
+
+    def journal(self, request, conn: int, **reply: Any) -> None:
+        """The request's one event: method, path, query and body size, with its reply (status, size...) folded in."""
+        record, size = request.testbed_request
         self.http.context.journal.record(COMMAND, self.http.name, conn, command="request", method=record.method,
                                          path=record.path, query=record.raw_query, size=size, **reply)
 
-    def not_found(self, request, answer: tuple, seen: tuple) -> bytes:
-        """``answer`` (a 404), unless this is ``GET /`` and the server has an ``index`` page."""
-        index = self.http.index
-        if index is not None and request.path == b"/" and request.method in (b"GET", b"HEAD"):
-            return self.respond(request, 200, [(b"Content-Type", b"text/html; charset=utf-8")], index, seen)
-        return self.respond(request, *answer, seen)
-
-    def respond(self, request, status: int, headers: list[tuple[bytes, bytes]], body: bytes, seen: tuple) -> bytes:
+    def respond(self, request, status: int, headers: list[tuple[bytes, bytes]], body: bytes, conn: int) -> bytes:
         request.setResponseCode(status)
         set_header = request.responseHeaders.setRawHeaders
         for name, value in headers:
             set_header(name, [value])
-        self.journal(seen, status=status, reply_size=len(body), **_cut_fields(request))
+        self.journal(request, conn, status=status, reply_size=len(body), **_cut_fields(request))
         return body
 
     # -- protocol faults ----------------------------------------------------------
 
-    def broken(self, request, fault, seen: tuple):
+    def broken(self, request, fault, conn: int):
         action = fault.action
         if action == "reply":
             response = {"status": fault.param("status", 500), "headers": fault.param("headers", {}),
                         "body": fault.param("body", ""), "json": fault.param("json")}
-            return self.respond(request, *_response_of(response), seen)
+            return self.respond(request, *_response_of(response), conn)
         transport = request.channel.transport
         if action == "malformed":
             transport.write(b"HTTP/1.1 OK-ISH\r\nContent-Length: 0\r\n\r\n")
         elif action == "bad_chunk":
             transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n"
                             b"5\r\nhello\r\nZZ; not-a-size\r\nbroken\r\n")
-        self.journal(seen, status=None, broken=action)
+        self.journal(request, conn, status=None, broken=action)
         transport.loseConnection()
         return server.NOT_DONE_YET
 
     # -- static files -----------------------------------------------------------------
 
-    def static(self, request, seen: tuple):
+    def static(self, request, conn: int):
         http = self.http
-        conn = seen[1]
         segments = request.postpath
         reason = None
         names = []
@@ -496,25 +444,27 @@ class TestbedResource(resource.Resource):
         if reason is not None:
             http.context.journal.record(ERROR, http.name, conn, error="path escapes root", path=request.path.decode("utf-8", "replace"),
                                     reason=reason)
-            return self.respond(request, *NOT_FOUND, seen)
+            return self.respond(request, *NOT_FOUND, conn)
         if not os.path.isfile(target):
-            return self.not_found(request, NOT_FOUND, seen)
+            if self._asks_for_index(request):
+                return self.respond(request, 200, [(b"Content-Type", b"text/html; charset=utf-8")], http.index, conn)
+            return self.respond(request, *NOT_FOUND, conn)
         ranges = request.getHeader(b"range")
         if ranges is not None and not _readable_range(ranges):
             # twisted.web.static answers an empty or non-UTF-8 Range with a 500 and a logged traceback.
             http.context.journal.record(ERROR, http.name, conn, error="bad Range header",
                                         range=ranges.decode("latin-1")[:200])
             size = os.path.getsize(target)
-            return self.respond(request, 416, [(b"Content-Range", b"bytes */%d" % size)], b"", seen)
+            return self.respond(request, 416, [(b"Content-Range", b"bytes */%d" % size)], b"", conn)
         file = os.path.relpath(target, http.static_root)
         try:
             body = static.File(target).render(request)
         except resource.UnsupportedMethod as e:
             # Answered here: twisted.web's own 405 page is a deprecated, unescaped one.
             request.setHeader(b"Allow", b", ".join(e.allowedMethods))
-            return self.respond(request, *METHOD_NOT_ALLOWED, seen)
+            return self.respond(request, *METHOD_NOT_ALLOWED, conn)
         # File.render has chosen the status by now: 200, 206, 304, 416...
-        self.journal(seen, status=request.code, file=file, **_cut_fields(request))
+        self.journal(request, conn, status=request.code, file=file, **_cut_fields(request))
         return body
 
 
@@ -553,6 +503,18 @@ def _cut_fields(request) -> dict:
     return {} if cut is None else {"broken": "short_body", "cut_after": cut}
 
 
+class TestbedRequest(server.Request):
+    """A request whose unhandled exception (in a ``respond_with`` handler, say) is journaled as a server error."""
+
+    def processingFailed(self, reason):
+        channel = self.channel
+        site = channel.site
+        site.http.context.journal.record(ERROR, site.http.name, channel.seam.conn, error="internal error",
+                                         detail=reason.getErrorMessage(), path=self.path.decode("utf-8", "replace"),
+                                         **internal(reason))
+        return super().processingFailed(reason)
+
+
 class QuietSite(SeamFactory, server.Site):
     """A Site without the per-request access log line (it cost a third of the throughput), on TestbedChannel.
 
@@ -561,6 +523,7 @@ class QuietSite(SeamFactory, server.Site):
 
     noisy = False
     protocol = TestbedChannel
+    requestFactory = TestbedRequest
 
     def buildProtocol(self, addr, seam=NO_SEAM):
         protocol = server.Site.buildProtocol(self, addr)
@@ -573,7 +536,7 @@ class QuietSite(SeamFactory, server.Site):
 
 
 class HTTPServer(Server):
-    """``http_server``: ``url``, ``https_url``, ``requests``, ``route(...)``, ``wait_for(...)``."""
+    """``http_server``: ``url``, ``https_url``, ``requests``, ``route(...)``, ``expect(...)``, ``verify()``, ``wait_for(...)``."""
 
     scheme = "http"
     tls_scheme = "https"
@@ -583,8 +546,7 @@ class HTTPServer(Server):
         super().__init__(context)
         self._requests = context.journal.records()
         config = self.config
-        self._scenario_routes = [RouteState(r) for r in config.routes]
-        self._runtime_routes: list[RouteState] = []
+        self.routing = Routing(config.routes, HTTPRequest.decode, limit=context.journal.max_events or 1000)
         self.static_root = self.context.path(config.static) if config.static else None
         self.static_real = os.path.realpath(self.static_root) if self.static_root else None
         #: What ``GET /`` answers when no route or static file does (the daemon lists its servers), or None.
@@ -593,6 +555,7 @@ class HTTPServer(Server):
     @defer.inlineCallbacks
     def start(self):
         site = QuietSite(TestbedResource(self), reactor=self.context.reactor)
+        site.http = self
         config = self.config
         if config.listen:
             yield self.listen(config.listen, site, "http", tls=config.tls == "implicit")
@@ -605,9 +568,7 @@ class HTTPServer(Server):
             if isinstance(raw[4], SpooledBody):
                 raw[4].close()
         self._requests = self.context.journal.records()
-        self._runtime_routes = []
-        for state in self._scenario_routes:
-            state.hits = 0
+        self.routing.reset()
 
     # -- the handle ------------------------------------------------------------------
 
@@ -626,23 +587,86 @@ class HTTPServer(Server):
         listener = self._listener(True)
         return listener.url() if listener else None
 
+    @property
+    def routes(self) -> list[RouteState]:
+        """The scenario's routes, then those added with ``route()``, each with its ``hits``."""
+        return [*self.routing.scenario, *self.routing.runtime]
+
+    @property
+    def route_states(self) -> list[RouteState]:
+        """Every route with its hits, in the order a request tries them: the newest added at runtime first,
+        then the scenario's (the first ``len(route_states) - len(config.routes)`` are runtime routes)."""
+        return self.routing.runtime[::-1] + self.routing.scenario
+
+    def clear_routes(self) -> int:
+        """Remove the routes added at runtime (the scenario's stay); how many went."""
+        return self.context.call(self._clear_routes)
+
+    def _clear_routes(self) -> int:
+        removed, self.routing.runtime = len(self.routing.runtime), []
+        return removed
+
+    @property
+    def expectations(self) -> list[Expectation]:
+        """The expectations declared in this test, each with its ``hits`` and ``met``."""
+        return list(self.routing.expectations)
+
     def route(self, path: str, method: str = "GET", status: int = 200, headers: Mapping[str, str] | None = None,
               body: bytes | str = b"", json: Any = None, responses: list[Mapping[str, Any]] | None = None,
               query: Mapping[str, str] | None = None, match_headers: Mapping[str, str] | None = None,
-              body_contains: str = "") -> Route:
-        """Answer ``method path`` (a glob) with this response from now on (until the next test)."""
+              body_contains: str = "", exhausted: str = "repeat") -> RouteState:
+        """Answer ``method path`` (a glob) with this response from now on (until the next test).
+
+        Returns the route's state: ``hits`` counts the requests it answered. With
+        ``responses``, ``exhausted`` says what follows the last one: "repeat" it,
+        or treat further requests as "unexpected" (a near-miss 404 that fails ``verify``).
+        """
+        if exhausted not in ("repeat", "unexpected"):
+            raise ValueError(f"route(exhausted=...): 'repeat' or 'unexpected', not {exhausted!r}")
         if isinstance(body, bytes):
             body = body.decode("utf-8", "surrogateescape")
         route = Route(path=path, method=method, status=status, headers=dict(headers or {}), body=body, json=json,
                       responses=list(responses or []), query=dict(query or {}),
-                      match_headers=dict(match_headers or {}), body_contains=body_contains)
-        self.context.call(self._add_route, route)
-        return route
+                      match_headers=dict(match_headers or {}), body_contains=body_contains, exhausted=exhausted)
+        state = RouteState(route, f"route {route.method.upper()} {route.path}")
+        self.context.call(self._add, self.routing.runtime, state)
+        return state
 
-    def _add_route(self, route: Route) -> None:
-        self._runtime_routes.append(RouteState(route))
-        self.context.journal.record(STORED, self.name, None, route=f"{route.method} {route.path}")
+    def expect(self, method: str = "GET", path: str = "*", *, query: Mapping[str, str] | str | None = None,
+               headers: Mapping[str, str] | None = None, json: Any = ANY_JSON, body_contains: str | bytes = "",
+               times: int | None = None, ordered: bool = False) -> Expectation:
+        """Expect a request (``times`` of them, or at least one); answer it with ``.respond(...)`` and friends.
 
-    def wait_for(self, predicate_or_count: Any = 1, timeout: float = 5.0):
-        """The requests once ``count`` have arrived, or those matching ``predicate``."""
-        return self.wait_for_items(lambda: list(self.requests), predicate_or_count, timeout, "request")
+        ``path`` and the ``query``/``headers`` values are globs (``query`` may
+        also be the exact query string); ``json`` must equal the parsed body.
+        An ``ordered`` expectation must not match before every ordered one
+        declared earlier is met. Expectations come before routes; ``verify()``
+        (which the pytest plugin calls after the test) names the unmet ones.
+        """
+        expectation = Expectation(len(self.routing.expectations) + 1, method, path, query=query, headers=headers,
+                                  json=json, body_contains=body_contains, times=times, ordered=ordered)
+        self.context.call(self._add, self.routing.expectations, expectation)
+        return expectation
+
+    def _add(self, handlers: list, handler) -> None:
+        handlers.append(handler)
+        self.context.journal.record(STORED, self.name, None, **{handler.kind: handler.label})
+
+    def clear_expectations(self) -> None:
+        """Forget this test's expectations and the unexpected requests so far (after asserting ``verify`` fails, say)."""
+        def clear():
+            self.routing.expectations = []
+            self.routing.problems = []
+
+        self.context.call(clear)
+
+    def verify(self) -> None:
+        """Raise AssertionError naming every unmet expectation and every request that matched none."""
+        failures = self.context.call(self.routing.failures)
+        if failures:
+            raise AssertionError(f"{self.name}: {len(failures)} problem(s) with the expected requests:\n"
+                                 + "\n".join("  " + line.replace("\n", "\n    ") for line in failures))
+
+    def wait_records(self, selector: str | None):
+        """``wait_for`` reads the requests (``HTTPRequest``)."""
+        return (lambda: self.requests), "request"

@@ -28,9 +28,12 @@ class Route:
     query: typing.Dict[str, str] = attrs.Factory(dict)
     match_headers: typing.Dict[str, str] = attrs.Factory(dict)
     body_contains: str = ""
-    #: A sequence of responses served in turn (the last one repeats), each a
-    #: table with status, headers, body or json.
+    #: A sequence of responses served in turn, each a table with status,
+    #: headers, body or json...
     responses: typing.List[typing.Dict[str, typing.Any]] = attrs.Factory(list)
+    #: ...and what follows the last: "repeat" it, or treat further requests as
+    #: "unexpected" (a near-miss 404, and ``verify()`` names them).
+    exhausted: str = choices("repeat", "unexpected")
 
 
 @attrs.frozen
@@ -52,6 +55,9 @@ def _check(config: HTTPConfig, check) -> None:
     for i, route in enumerate(config.routes):
         if route.json is not None and route.body:
             check.fail(f"routes[{i}]", "either body or json, not both")
+        if route.exhausted != "repeat" and not route.responses:
+            check.fail(f"routes[{i}].exhausted", "a route with responses (a single response never runs out)",
+                       route.exhausted)
     if config.static and not os.path.isdir(check.path(config.static)):
         check.fail("static", "an existing directory", config.static)
 

@@ -33,7 +33,7 @@ from twisted.mail import imap4
 
 from testbed.servers.imap.spec import IMAPConfig
 from testbed.faults.seam import NO_SEAM, SeamFactory
-from testbed.journal import COMMAND, ERROR, REPLY, STORED
+from testbed.journal import COMMAND, ERROR, REPLY, STORED, internal
 from testbed.mail.store import MailStore
 from testbed.servers.base import Server
 from testbed.servers.imap.store import (Account, LoginCredentials, SearchError, body_structure, envelope,
@@ -439,7 +439,10 @@ class TestbedIMAPServer(IMAP4Server):
             return super().parse_command(line)
         except Exception as e:
             tag = line.split(None, 1)[0] if line.split() else None
-            self.journal(ERROR, error="command failed", detail=repr(e)[:200])
+            # Twisted's parser decodes a command name as ASCII, as RFC 3501 requires: a non-ASCII one is the
+            # client's bad input; any other exception is ours, and fails the test that caused it.
+            cause = {} if isinstance(e, UnicodeDecodeError) else internal(e)
+            self.journal(ERROR, error="command failed", detail=repr(e)[:200], **cause)
             self.sendBadResponse(tag, b"Server error: " + str(e).encode("utf-8", "replace")[:200])
 
     # -- faults at each command ---------------------------------------------------------
@@ -628,7 +631,8 @@ class TestbedIMAPServer(IMAP4Server):
         if failure.check(UnauthorizedLogin):
             self.sendNegativeResponse(tag, b"[AUTHENTICATIONFAILED] Authentication failed")
         else:
-            self.journal(ERROR, error="login failed unexpectedly", detail=repr(failure.value)[:200])
+            self.journal(ERROR, error="login failed unexpectedly", detail=repr(failure.value)[:200],
+                         **internal(failure))
             self.sendBadResponse(tag, b"Server error: login failed unexpectedly")
 
     # -- SELECT, STATUS, APPEND, COPY ---------------------------------------------------------
@@ -1099,12 +1103,15 @@ class IMAPServer(Server):
         context = self.context
         return context.call(context.mail().deliver, recipient, raw)
 
-    def wait_for(self, predicate_or_count: Any = 1, timeout: float = 5.0, of: str = "commands"):
-        """Wait for ``of`` ("commands", "replies" or "logins"): a count, or one matching ``predicate``."""
+    wait_selector = "of"
+
+    def wait_records(self, selector: str | None):
+        """``wait_for(of=...)`` reads "commands" (the default), "replies" or "logins" (journal events)."""
         sources = {"commands": lambda: self.commands, "replies": lambda: self.replies, "logins": lambda: self.logins}
+        of = selector or "commands"
         if of not in sources:
             raise ValueError(f"wait_for(of=...): one of {', '.join(sources)}, not {of!r}")
-        return self.wait_for_items(sources[of], predicate_or_count, timeout, of.rstrip("s"))
+        return sources[of], of.rstrip("s")
 
 
 

@@ -23,7 +23,7 @@ from twisted.protocols import basic
 from zope.interface import implementer
 
 from testbed.faults.seam import NO_SEAM, SeamFactory
-from testbed.journal import COMMAND, ERROR, REPLY, STORED, Records
+from testbed.journal import COMMAND, ERROR, REPLY, STORED, Records, internal
 from testbed.mail.credentials import APOPCredentials, MailChecker
 from testbed.servers.base import Server
 
@@ -409,7 +409,7 @@ class TestbedPOP3(pop3.POP3):
             else:
                 self._dispatch(line)
         except Exception as e:  # a bug here must cost one -ERR, never the connection
-            self.seam.record(ERROR, error=f"{type(e).__name__}: {e}")
+            self.seam.record(ERROR, error=f"{type(e).__name__}: {e}", **internal(e))
             self._respond(b"-ERR", "[SYS/TEMP] internal server error")
 
     def _dispatch(self, line: bytes) -> None:
@@ -580,7 +580,7 @@ class TestbedPOP3(pop3.POP3):
 
     def _internal_error(self, failure) -> None:
         """The last errback of a long operation: answer once and let queued commands run."""
-        self.seam.record(ERROR, error=f"{failure.type.__name__}: {failure.getErrorMessage()}")
+        self.seam.record(ERROR, error=f"{failure.type.__name__}: {failure.getErrorMessage()}", **internal(failure))
         if not self._gone:
             self._respond(b"-ERR", "[SYS/TEMP] internal server error")
 
@@ -603,7 +603,7 @@ class TestbedPOP3(pop3.POP3):
         elif failure.check(LoginDenied, LoginFailed):
             self._respond(b"-ERR", "[AUTH] authentication failed", fault=fault)
         else:
-            self.seam.record(ERROR, error=failure.getErrorMessage())
+            self.seam.record(ERROR, error=failure.getErrorMessage(), **internal(failure))
             self._respond(b"-ERR", "[SYS/TEMP] cannot open the maildrop", fault=fault)
 
     def cmd_STLS(self, fault):
@@ -867,12 +867,12 @@ class POP3Server(Server):
         "close": lambda s: [x for x in s.log.sessions if x.closed],
     }
 
-    def wait_for(self, predicate_or_count: Any = 1, timeout: float = 5.0, kind: str = "login"):
-        """Sessions (``kind="login"``, ``"quit"``, ``"close"``) or retrievals (``"retr"``, ``"top"``).
+    wait_selector = "kind"
 
-        Returns once ``count`` are there, or one matches ``predicate``; raises ``WaitTimeout`` otherwise.
-        """
+    def wait_records(self, selector: str | None):
+        """``wait_for(kind=...)`` reads sessions ("login", the default; "quit", "close") or retrievals ("retr", "top")."""
+        kind = selector or "login"
         if kind not in self._KINDS:
             raise ValueError(f"kind must be one of {', '.join(self._KINDS)}, not {kind!r}")
         collect = self._KINDS[kind]
-        return self.wait_for_items(lambda: collect(self), predicate_or_count, timeout, kind)
+        return (lambda: collect(self)), kind

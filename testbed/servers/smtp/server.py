@@ -40,7 +40,6 @@ Twisted quirks worked around here (Twisted 26.10):
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import re
 from typing import Any
@@ -55,7 +54,7 @@ from twisted.mail.interfaces import IMessageDelivery
 from zope.interface import implementer
 
 from testbed.faults.seam import NO_SEAM, SeamFactory
-from testbed.journal import COMMAND, ERROR, REPLY, STORED, Records
+from testbed.journal import COMMAND, ERROR, REPLY, STORED, Records, internal
 from testbed.mail.credentials import MailChecker
 from testbed.servers.base import Server
 
@@ -432,7 +431,7 @@ class TestbedSMTP(smtp.ESMTP):
                 self._collector.connectionLost()
 
     def _internal_error(self, error: Exception) -> None:
-        self.seam.record(ERROR, error=f"{type(error).__name__}: {error}")
+        self.seam.record(ERROR, error=f"{type(error).__name__}: {error}", **internal(error))
         if self.mode != smtp.DATA:
             self.mode = smtp.COMMAND
             self.sendCode(451, b"4.3.0 Requested action aborted: local error in processing")
@@ -711,7 +710,7 @@ class TestbedSMTP(smtp.ESMTP):
             stored = self._store(mail_from, rcpts, raw)
         except Exception as e:  # never let Twisted turn it into a bare 550
             stored = False
-            self.seam.record(ERROR, error=f"delivery failed: {type(e).__name__}: {e}")
+            self.seam.record(ERROR, error=f"delivery failed: {type(e).__name__}: {e}", **internal(e))
         if not stored:
             self.sendCode(451, b"4.3.0 Requested action aborted: local error in processing")
             return defer.Deferred()
@@ -724,7 +723,8 @@ class TestbedSMTP(smtp.ESMTP):
             try:
                 deliver(rcpt, raw)
             except Exception as e:
-                self.seam.record(ERROR, error=f"delivery to {rcpt} failed: {type(e).__name__}: {e}")
+                self.seam.record(ERROR, error=f"delivery to {rcpt} failed: {type(e).__name__}: {e}",
+                                 **internal(e))
             else:
                 delivered.append(rcpt)
         if not delivered:
@@ -834,20 +834,9 @@ class SMTPServer(Server):
         """Every message accepted since the test began, in order."""
         return list(self.factory.messages)
 
-    def wait_for(self, count: int | None = None, to: str | None = None, timeout: float = 5.0):
-        """The messages (to recipients matching the glob ``to``, when given) once ``count`` (default 1) arrived.
+    #: ``wait_for(to="alice@*")`` globs the recipients, ``sender=`` the envelope sender.
+    wait_aliases = {"to": "rcpt_to", "sender": "mail_from"}
 
-        Raises ``WaitTimeout`` naming what arrived instead; in the reactor thread, returns a Deferred.
-        """
-        count = 1 if count is None else int(count)
-
-        def collect() -> list[SMTPMessage]:
-            found = list(self.factory.messages)
-            if to is not None:
-                pattern = to.lower()
-                found = [m for m in found if any(fnmatch.fnmatchcase(r.lower(), pattern) for r in m.rcpt_to)]
-            return found
-
-        what = f"{count} message(s)" + (f" to {to!r}" if to is not None else "")
-        return self._wait(collect, lambda found: len(found) >= count, what, timeout,
-                          seen=lambda: list(self.factory.messages))
+    def wait_records(self, selector: str | None):
+        """``wait_for`` reads the accepted messages (``SMTPMessage``)."""
+        return (lambda: list(self.factory.messages)), "message"
