@@ -358,11 +358,16 @@ class FaultingProtocol(ProtocolWrapper):
     def getHost(self):
         return self._host
 
+    # twisted.web pauses and resumes its transport once a request: these two are _pause_reading and
+    # _resume_reading for _BY_PROTOCOL, inlined.
     def pauseProducing(self):
-        self._pause_reading(_BY_PROTOCOL)
+        self.transport.pauseProducing()
+        self._read_paused |= _BY_PROTOCOL
 
     def resumeProducing(self):
-        self._resume_reading(_BY_PROTOCOL)
+        paused = self._read_paused = self._read_paused & ~_BY_PROTOCOL
+        if not paused:
+            self.transport.resumeProducing()
 
     def stopProducing(self):
         self.transport.stopProducing()

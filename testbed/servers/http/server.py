@@ -249,7 +249,6 @@ class TestbedChannel(http.HTTPChannel):
     """
 
     seam = NO_SEAM
-    _transfer_encodings = 0
 
     def _refuse(self, status: int, reason: str) -> None:
         self.seam.record(ERROR, error="bad request", status=status, reason=reason)
@@ -294,19 +293,17 @@ class TestbedChannel(http.HTTPChannel):
         self._refuse(414 if self._first_line() else 431, "line over %d bytes" % self.MAX_LENGTH)
 
     def _maybeChooseTransferDecoder(self, header, data):
+        # Called for every header: the common ones (neither length header) answer True here, as Twisted's
+        # own would, without a second call.
         if header != b"Transfer-Encoding":
-            return _choose_decoder(self, header, data)
-        self._transfer_encodings += 1
-        if self._transfer_encodings > 1:
+            return True if header != b"Content-Length" else _choose_decoder(self, header, data)
+        # Twisted stores a header after this check passes: one already stored is a second Transfer-Encoding.
+        if self.requests[-1].requestHeaders.hasHeader(b"Transfer-Encoding"):
             return self._failChooseTransferDecoder()
         ok = _choose_decoder(self, header, data)
         if type(self._transferDecoder) is _TwistedChunkedDecoder:
             self._transferDecoder.__class__ = _StrictChunkedDecoder
         return ok
-
-    def allHeadersReceived(self):
-        self._transfer_encodings = 0
-        super().allHeadersReceived()
 
 
 class TestbedResource(resource.Resource):
@@ -324,9 +321,11 @@ class TestbedResource(resource.Resource):
         transport = request.channel.transport
         conn = seam.conn
         content = request.content
-        size = content.seek(0, 2)
-        content.seek(0)
-        if size <= BODY_IN_MEMORY:
+        if type(content) is io.BytesIO:  # twisted.web keeps bodies under 100 kB (and none) in memory
+            body = content.getvalue()
+            size = len(body)
+        elif (size := content.seek(0, 2)) <= BODY_IN_MEMORY:
+            content.seek(0)
             body = content.read()
         else:
             # twisted.web spooled it to a temporary file already: keep that file, not the bytes.
@@ -385,15 +384,24 @@ class TestbedResource(resource.Resource):
     def journal(self, request, conn: int, **reply: Any) -> None:
         """The request's one event: method, path, query and body size, with its reply (status, size...) folded in."""
         record, size = request.testbed_request
-        self.http.context.journal.record(COMMAND, self.http.name, conn, command="request", method=record.method,
-                                         path=record.path, query=record.raw_query, size=size, **reply)
+        http = self.http
+        http._journal.record(COMMAND, http.name, conn, command="request", method=record.method, path=record.path,
+                            query=record.raw_query, size=size, **reply)
 
     def respond(self, request, status: int, headers: list[tuple[bytes, bytes]], body: bytes, conn: int) -> bytes:
         request.setResponseCode(status)
         set_header = request.responseHeaders.setRawHeaders
         for name, value in headers:
             set_header(name, [value])
-        self.journal(request, conn, status=status, reply_size=len(body), **_cut_fields(request))
+        if getattr(request, "testbed_cut", None) is None:
+            # The common reply, journaled here in one call: the same event ``journal`` records.
+            record, size = request.testbed_request
+            http = self.http
+            http._journal.record(COMMAND, http.name, conn, command="request", method=record.method,
+                                path=record.path, query=record.raw_query, size=size, status=status,
+                                reply_size=len(body))
+        else:
+            self.journal(request, conn, status=status, reply_size=len(body), **_cut_fields(request))
         return body
 
     # -- protocol faults ----------------------------------------------------------
@@ -545,6 +553,8 @@ class HTTPServer(Server):
     def __init__(self, context):
         super().__init__(context)
         self._requests = context.journal.records()
+        #: Bound once: every request journals through it.
+        self._journal = context.journal
         config = self.config
         self.routing = Routing(config.routes, HTTPRequest.decode, limit=context.journal.max_events or 1000)
         self.static_root = self.context.path(config.static) if config.static else None

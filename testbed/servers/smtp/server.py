@@ -93,6 +93,31 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace")
 
 
+def _format_reply(code: int, message: bytes | str, raw: bool) -> tuple[bytes, str]:
+    """A reply's bytes on the wire (enhanced code added unless ``raw``) and its first line as text."""
+    if isinstance(message, str):
+        message = message.encode("utf-8")
+    if not raw and code not in _NO_ENHANCED and (message[1:2] != b"." or not _ENHANCED.match(message)):
+        prefix = _ENHANCED_FOR.get(code) or b"%d.0.0" % (code // 100)
+        message = prefix + b" " + message if message else prefix
+    if b"\n" in message or b"\r" in message:
+        lines = message.splitlines() or [b""]
+        first = lines[0]
+        out = b"".join(b"%d-%s\r\n" % (code, l) for l in lines[:-1]) + b"%d %s\r\n" % (code, lines[-1])
+    else:
+        first = message
+        out = b"%d %s\r\n" % (code, message)
+    return out, first.decode("utf-8", "replace")
+
+
+#: Formatted replies by (code, message, raw): a session repeats a handful ("2.1.0 Sender OK"...), and formatting
+#: each (the enhanced-code check, the line split, the decode for the journal) was a tenth of a message's cost.
+#: Bounded, since messages that name an address or a size vary without end; past the bound a reply is formatted anew.
+_REPLIES: dict[tuple, tuple[bytes, str]] = {}
+_REPLY_CACHE = 512
+_REPLY_CACHED_LENGTH = 256
+
+
 # -- what the server records --------------------------------------------------------
 
 
@@ -252,8 +277,7 @@ class _PortalGate:
 
     def login(self, credentials, mind, *interfaces):
         protocol = self.protocol
-        fault = protocol.seam.at("AUTH", **protocol._attributes(user=_text(credentials.username),
-                                                                   mechanism=protocol._mechanism))
+        fault = protocol._at("AUTH", user=_text(credentials.username), mechanism=protocol._mechanism)
         if protocol._fault_handled(fault, "AUTH"):
             return defer.Deferred()  # the fault answered; Twisted stays silent
         return self.portal.login(credentials, protocol, *interfaces)
@@ -315,6 +339,13 @@ class TestbedSMTP(smtp.ESMTP):
         attributes = {"helo": self.helo, "user": self.auth_user, "tls": self.tls}
         attributes.update(extra)
         return attributes
+
+    def _at(self, stage: str, **extra: Any):
+        """``seam.at`` with the stage's attributes, built only when a rule is aimed at it (most runs: none)."""
+        seam = self.seam
+        if not seam.wants(stage):
+            return None
+        return seam.at(stage, **self._attributes(**extra))
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -481,25 +512,25 @@ class TestbedSMTP(smtp.ESMTP):
 
     def sendCode(self, code: int, message: bytes | str = b"", raw: bool = False) -> None:
         """One reply in one write, with an enhanced status code when it has none, journaled."""
-        if isinstance(message, str):
-            message = message.encode("utf-8")
-        if not raw and code not in _NO_ENHANCED and (message[1:2] != b"." or not _ENHANCED.match(message)):
-            prefix = _ENHANCED_FOR.get(code) or b"%d.0.0" % (code // 100)
-            message = prefix + b" " + message if message else prefix
-        if b"\n" in message or b"\r" in message:
-            lines = message.splitlines() or [b""]
-            first = lines[0]
-            out = b"".join(b"%d-%s\r\n" % (code, l) for l in lines[:-1]) + b"%d %s\r\n" % (code, lines[-1])
-        else:
-            first = message
-            out = b"%d %s\r\n" % (code, message)
+        key = (code, message, raw)
+        reply = _REPLIES.get(key)
+        if reply is None:
+            reply = _format_reply(code, message, raw)
+            if len(_REPLIES) < _REPLY_CACHE and len(message) <= _REPLY_CACHED_LENGTH:
+                _REPLIES[key] = reply
+        out, first = reply
         self.transport.write(out)
+        seam = self.seam
+        journal = seam.journal
+        if journal is None:
+            return
+        # Straight to the journal, not through ``seam.record``: one call and one keyword dict less a reply.
         unanswered = self._unanswered
         if unanswered is not None:
             self._unanswered = None
-            self.seam.record(COMMAND, code=code, message=first.decode("utf-8", "replace"), **unanswered)
+            journal.record(COMMAND, seam.server, seam.conn, code=code, message=first, **unanswered)
         else:
-            self.seam.record(REPLY, code=code, message=first.decode("utf-8", "replace"))
+            journal.record(REPLY, seam.server, seam.conn, code=code, message=first)
 
     # -- connect -----------------------------------------------------------------------------
 
@@ -543,7 +574,7 @@ class TestbedSMTP(smtp.ESMTP):
 
     def _hello(self, rest: bytes, stage: str) -> bool:
         """The common part of HELO and EHLO; False when answered already."""
-        fault = self.seam.at(stage, **self._attributes(helo=_text(rest)))
+        fault = self._at(stage, helo=_text(rest))
         if fault is not None and fault.action == "strip_starttls":
             self._tls_stripped = True  # the downgrade: STARTTLS neither offered nor accepted from now on
         if self._fault_handled(fault, stage):
@@ -575,7 +606,7 @@ class TestbedSMTP(smtp.ESMTP):
         if not self._can_start_tls():
             self.sendCode(502, b"5.5.1 STARTTLS not available")
             return
-        if self._fault_handled(self.seam.at("STARTTLS", **self._attributes()), "STARTTLS"):
+        if self._fault_handled(self._at("STARTTLS"), "STARTTLS"):
             return
         self.sendCode(220, b"2.0.0 Ready to start TLS", raw=True)
         self.transport.startTLS(self.ctx)
@@ -646,7 +677,7 @@ class TestbedSMTP(smtp.ESMTP):
     def _validate_from(self, origin):
         self._mail_from = mail_from = _text(origin)
         size = self._declared_size
-        fault = self.seam.at("MAIL", **self._attributes(mail_from=mail_from, size=size))
+        fault = self._at("MAIL", mail_from=mail_from, size=size)
         if self._fault_handled(fault, "MAIL"):
             return defer.Deferred()  # answered by the fault; Twisted stays silent
         limit = self.config.max_message_size
@@ -656,7 +687,7 @@ class TestbedSMTP(smtp.ESMTP):
 
     def _validate_to(self, user):
         rcpt = _text(user.dest)
-        fault = self.seam.at("RCPT", **self._attributes(rcpt=rcpt, mail_from=self._mail_from))
+        fault = self._at("RCPT", rcpt=rcpt, mail_from=self._mail_from)
         if self._fault_handled(fault, "RCPT"):
             return defer.Deferred()
         if len(self._to) >= self.config.max_recipients:
@@ -677,7 +708,8 @@ class TestbedSMTP(smtp.ESMTP):
             return
         mail_from = self._mail_from
         rcpts = [recipient.rcpt for _, recipient in self._to]
-        fault = self.seam.decide("DATA", **self._attributes(mail_from=mail_from, rcpt=rcpts))
+        seam = self.seam
+        fault = seam.decide("DATA", **self._attributes(mail_from=mail_from, rcpt=rcpts)) if seam.wants("DATA") else None
         if self._fault_handled(fault, "DATA"):
             # The transaction ends: smtplib sends no RSET after a refused DATA.
             self._from = None
@@ -694,7 +726,7 @@ class TestbedSMTP(smtp.ESMTP):
         """After the final dot: the ``message`` stage, then delivery (before the 250)."""
         self._collector = None
         mail_from, rcpts = self._envelope
-        fault = self.seam.at("message", **self._attributes(mail_from=mail_from, rcpt=rcpts, size=len(raw)))
+        fault = self._at("message", mail_from=mail_from, rcpt=rcpts, size=len(raw))
         if fault is not None:
             if fault.wire:
                 if fault.action in CUTTING:
@@ -738,21 +770,21 @@ class TestbedSMTP(smtp.ESMTP):
     # -- the rest -----------------------------------------------------------------------------------
 
     def do_RSET(self, rest: bytes) -> None:
-        if not self._fault_handled(self.seam.at("RSET", **self._attributes()), "RSET"):
+        if not self._fault_handled(self._at("RSET"), "RSET"):
             self._from = None
             self._to = []
             self.sendCode(250, b"2.0.0 Ok")
 
     def do_NOOP(self, rest: bytes) -> None:
-        if not self._fault_handled(self.seam.at("NOOP", **self._attributes()), "NOOP"):
+        if not self._fault_handled(self._at("NOOP"), "NOOP"):
             self.sendCode(250, b"2.0.0 Ok")
 
     def do_VRFY(self, rest: bytes) -> None:
-        if not self._fault_handled(self.seam.at("VRFY", **self._attributes(rcpt=_text(rest))), "VRFY"):
+        if not self._fault_handled(self._at("VRFY", rcpt=_text(rest)), "VRFY"):
             self.sendCode(252, b"2.5.0 Cannot VRFY user, but will accept message and attempt delivery")
 
     def do_QUIT(self, rest: bytes) -> None:
-        if not self._fault_handled(self.seam.at("QUIT", **self._attributes()), "QUIT"):
+        if not self._fault_handled(self._at("QUIT"), "QUIT"):
             self.sendCode(221, b"2.0.0 Bye")
             self.transport.loseConnection()
 
