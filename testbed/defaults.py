@@ -37,12 +37,17 @@ def with_daemon_ports(data: Mapping[str, Any]) -> tuple[dict, list[tuple[str, st
 
     Only a protocol's own instance (``[servers.smtp]``, or no table at all)
     gets them: a second instance of a protocol would collide with the first.
+    The control API keeps its well-known port too (``("control", "listen")``).
     Returns the data and the (server, key) pairs filled in. Data that is not
     the expected shape is left for validation to report.
     """
     data = copy.deepcopy(dict(data))
-    servers = data.setdefault("servers", {})
     filled = []
+    control = data.setdefault("control", {})
+    if isinstance(control, dict) and "listen" not in control:
+        control["listen"] = _BASE["control"]["listen"]
+        filled.append(("control", "listen"))
+    servers = data.setdefault("servers", {})
     if not isinstance(servers, dict):
         return data, filled
     for name, table in registry.daemon_scenario_servers().items():

@@ -77,9 +77,7 @@ class Options(usage.Options):
         """Where the control API listens ("" for nowhere): --control, else the scenario's [control] listen."""
         control = self.scenario.control
         if self["control"] is None:
-            self.origins[("control", "listen")] = (
-                f"control.listen in {self['config']}" if self["config"] else
-                "the well-known port of the control API (choose another with --control ENDPOINT)")
+            self.origins.setdefault(("control", "listen"), f"control.listen in {self['config']}")
             return control.listen
         import attrs
 
@@ -105,11 +103,13 @@ class Options(usage.Options):
                     origins[(name, key)] = f"servers.{name}.{key} in {source}"
         else:
             data, source, base_dir = default_scenario_data(), "<embedded default scenario>", "."
-            filled = [(name, key) for name, table in data["servers"].items() for key in table]
+            filled = [(name, key) for name, table in data["servers"].items() for key in table] + [("control", "listen")]
         options = {(server, key): name for name, (server, key) in ENDPOINT_OPTIONS.items()}
+        options[("control", "listen")] = "control"
         for server, key in filled:
             if (server, key) in options:
-                origins[(server, key)] = (f"the well-known port of servers.{server}.{key} "
+                table = "" if server == "control" else "servers."
+                origins[(server, key)] = (f"the well-known port of {table}{server}.{key} "
                                           f"(choose another with --{options[server, key]} ENDPOINT)")
         for name, endpoint in ((name, self[name]) for name in ENDPOINT_OPTIONS if self[name] is not None):
             server, key = ENDPOINT_OPTIONS[name]

@@ -88,7 +88,8 @@ def private_network():
 
 WELL_KNOWN = {("http", "http"): 8080, ("http", "https"): 8443, ("smtp", "smtp"): 2525, ("smtp", "smtps"): 2465,
               ("pop3", "pop3"): 2110, ("pop3", "pop3s"): 2995, ("imap", "imap"): 2143, ("imap", "imaps"): 2993,
-              ("ftp", "ftp"): 2121, ("dns", "dns/tcp"): 1053, ("dns", "dns/udp"): 1053}
+              ("ftp", "ftp"): 2121, ("dns", "dns/tcp"): 1053, ("dns", "dns/udp"): 1053,
+              ("control", "control"): 2580}
 
 
 def test_a_config_that_sets_no_listener_keeps_the_well_known_ports_in_ports_out(tmp_path):
@@ -103,7 +104,8 @@ def test_a_config_that_sets_no_listener_keeps_the_well_known_ports_in_ports_out(
         daemon.stop()
     listeners = ports["listeners"]
     assert {(l["server"], l["label"]): l["port"] for l in listeners} == WELL_KNOWN
-    assert all(l["host"] == "127.0.0.1" and l["protocol"] == l["server"] for l in listeners)
+    assert all(l["host"] == "127.0.0.1" for l in listeners)
+    assert all(l["protocol"] == l["server"] for l in listeners if l["server"] != "control")
     assert {l["url"] for l in listeners if l["tls"]} == {"https://127.0.0.1:8443", "smtps://127.0.0.1:2465",
                                                         "pop3s://127.0.0.1:2995", "imaps://127.0.0.1:2993"}
     assert ports["seed"] == 0 and ports["ca"] == daemon.ca

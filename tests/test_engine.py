@@ -104,3 +104,10 @@ def test_stats_say_how_often_each_rule_matched_and_fired():
         e.decide("http", "request", 1)
     (stats,) = e.stats()
     assert (stats["key"], stats["matches"], stats["fired"], stats["action"]) == ("scenario:0", 3, 1, "empty")
+
+
+def test_a_decision_that_did_not_fire_journals_the_attributes_without_the_body():
+    e = engine({"server": "smtp", "on": "DATA", "action": "reply", "code": 451, "probability": 0.0})
+    assert e.decide("smtp", "DATA", 1, {"rcpt": ["ops@example.test"], "body": b"x" * 1000}) is None
+    [event] = e.journal.query("fault", server="smtp")
+    assert event["fired"] is False and event["attributes"] == {"rcpt": ["ops@example.test"]}

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 from testbed.experiment import plan as plan_module
-from testbed.experiment.explore import explored_plans, reached_points
+from testbed import registry
+from testbed.experiment.cell import cell_scenario
+from testbed.experiment.explore import PROBE, explored_plans, reached_points, single_faults
+from testbed.faults.engine import glob_matches
 from testbed.schema import ScenarioError
 
 SMTP_ONLY = {"servers": {n: {"enabled": n == "smtp"} for n in ("smtp", "http", "pop3", "imap", "ftp", "dns", "echo")}}
@@ -102,3 +105,59 @@ def test_explore_reads_reached_points_and_generates_singles_then_pairs():
     for _, rules in plans:  # every generated rule is valid
         for rule in rules:
             plan_module.build_rule(plan_module.Checker("x"), "", rule, targets)
+
+
+def probe(on, conn=1, **attributes):
+    return {"kind": "fault", "server": "smtp", "conn": conn, "on": on, "rule": "scenario:0", "action": "close",
+            "fired": False, "attributes": attributes}
+
+
+def test_explore_points_are_stages_with_attributes_and_rules_aim_at_one_point():
+    who = {"helo": "client.test", "tls": False, "user": None}
+    events = [{"kind": "connection.open", "server": "smtp", "conn": 1}, probe("connect", tls=False),
+              {"kind": "command", "server": "smtp", "conn": 1, "command": "EHLO"}, probe("EHLO", **who),
+              probe("MAIL", mail_from="r@example.test", size=120, **who),
+              probe("RCPT", rcpt="ops@example.test", mail_from="r@example.test", **who),
+              probe("RCPT", rcpt="a*b?@example.test", mail_from="r@example.test", **who),
+              probe("RCPT", conn=2, rcpt="ops@example.test", mail_from="r@example.test", **who),
+              {"kind": "command", "server": "smtp", "conn": 1, "command": "NOOP"},
+              probe("message", rcpt=["ops@example.test"], mail_from="r@example.test", size=9, body="x", **who)]
+    points = reached_points(events, {"smtp": "smtp"})
+    assert [(p["on"], p["attributes"].get("rcpt")) for p in points] == [
+        ("connect", None), ("EHLO", None), ("MAIL", None), ("RCPT", "ops@example.test"),
+        ("RCPT", "a*b?@example.test"), ("NOOP", None), ("message", ["ops@example.test"])]
+    assert points[2]["attributes"] == {"helo": "client.test", "mail_from": "r@example.test", "tls": False}
+    assert points[5]["attributes"] == {}  # seen only as a command: no rule was asked there
+
+    singles = dict(single_faults(points, {"smtp": "smtp"}))
+    first, second = singles["smtp.RCPT[rcpt=ops@example.test].reply"], singles["smtp.RCPT[rcpt=a*b?@example.test].reply"]
+    assert first["match"]["rcpt"] == "ops@example.test" and second["match"]["rcpt"] == "a[*]b[?]@example.test"
+    assert glob_matches(second["match"]["rcpt"], "a*b?@example.test")
+    assert not glob_matches(second["match"]["rcpt"], "axbc@example.test")
+    assert "smtp.NOOP.reply" in singles and "match" not in singles["smtp.NOOP.reply"]
+    assert "smtp.connect.refuse" in singles and singles["smtp.connect.refuse"]["match"] == {"tls": False}
+    surface, targets = registry.fault_surfaces()["smtp"], plan().scenario.servers.targets()
+    for _, rule in singles.items():  # the catalogue's where, and every rule valid
+        assert rule["on"] in surface.stages_for(rule["action"])
+        plan_module.build_rule(plan_module.Checker("x"), "", rule, targets)
+    pairs = [rules for name, rules in explored_plans(points, {"smtp": "smtp"}, budget=10_000) if len(rules) == 2]
+    assert any(r1["on"] == r2["on"] == "RCPT" for r1, r2 in pairs)  # different recipients: different points
+    assert not any(r1["on"] == r2["on"] and r1.get("match") == r2.get("match") for r1, r2 in pairs)
+    # The Host header names the run's ephemeral port: a later cell's would differ.
+    request = dict(probe("request", method="GET", path="/a", host="127.0.0.1:40123", query={"q": "1"}), server="web")
+    assert reached_points([request], {"web": "http"})[0]["attributes"] == {"method": "GET", "path": "/a"}
+
+
+def test_only_an_explore_control_cell_gets_the_probe_rules():
+    explore = plan(explore=True)
+    control = next(c for c in explore.cells() if c.plan == "control")
+    probes = cell_scenario(explore, control).faults
+    assert {r.on for r in probes} == set(registry.fault_surfaces()["smtp"].stages)
+    assert all(r.server == "smtp" and r.probability == 0.0 and r.name == PROBE for r in probes)
+    assert control.faults == []  # not the cell's faults: results and coverage never list them
+    other = next(c for c in explore.cells() if c.plan == "p")
+    assert [r.to_dict() for r in cell_scenario(explore, other).faults] == [
+        {"server": "smtp", "on": "RCPT", "action": "reply", "code": 451},
+        {"server": "smtp", "on": "DATA", "action": "delay", "seconds": 1.0}]
+    plain = plan(control=True)
+    assert cell_scenario(plain, next(c for c in plain.cells() if c.plan == "control")).faults == []

@@ -148,3 +148,18 @@ def test_explore_fails_each_reached_point_once(tmp_path):
     assert len(explored) == 4 and all(r["plan"].startswith("smtp.connect.") for r in explored)
     assert all(len(r["faults"]) == 1 and r["faults"][0]["times"] == 1 for r in explored)
     assert any(r["verdict"] == "fail" and r["fired"] for r in explored)
+
+
+def test_explore_aims_a_fault_at_one_reached_recipient():
+    plan = make_plan("send_five", plans=[], explore=True, budget=1000, seeds=1,
+                     checks=[{"check": "stdout", "matches": "sent 5"}])
+    control = run_cell(plan, next(c for c in plan.cells() if c.plan == "control"))
+    assert control["verdict"] == "pass" and control["faults"] == [] and control["fired"] == []  # probes never fire
+    assert [p["attributes"]["rcpt"] for p in control["reached"] if p["on"] == "RCPT"] == [
+        f"ops{i}@example.test" for i in range(5)]
+    explored = runner.expanded(plan, [control])
+    cell = next(c for c in explored.cells() if c.plan == "smtp.RCPT[rcpt=ops3@example.test].reply")
+    assert cell.faults[0]["match"]["rcpt"] == "ops3@example.test"
+    row = run_cell(explored, cell)
+    assert [(f["on"], f["attributes"]["rcpt"]) for f in row["fired"]] == [("RCPT", "ops3@example.test")]
+    assert row["verdict"] == "fail" and "sent 4" in row["stdout_tail"]

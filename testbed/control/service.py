@@ -6,7 +6,6 @@ It listens on its own endpoint (loopback by default), never through the fault wr
 from __future__ import annotations
 
 import attrs
-from twisted.application import service
 from twisted.internet import defer
 from twisted.web import server
 
@@ -17,6 +16,7 @@ from testbed.control.openapi import document, page
 from testbed.control.router import Guard, Route, Router, Scrubber
 from testbed.control.sessions import Sessions
 from testbed.control.sse import EventStream
+from testbed.servers.base import ListeningService
 
 PREFIX = "/api/v1"
 
@@ -26,12 +26,10 @@ class QuietSite(server.Site):
         """The journal is the record; an access log line per API call would only be noise."""
 
 
-class ControlService(service.Service):
+class ControlService(ListeningService):
     """``/api/v1/...``, ``/livez``, ``/readyz``, ``/metrics`` over one running testbed."""
 
     name = "control"
-    #: Fires with the listening port once bound (or fails with why not).
-    started: defer.Deferred | None = None
 
     def __init__(self, bed, listen: str, token: str = ""):
         self.bed = bed
@@ -52,21 +50,12 @@ class ControlService(service.Service):
         self.site = QuietSite(Router(routes, Guard(token), scrub), reactor=bed.reactor)
         self.openapi = document(self.api_routes, api_module._version())
 
-    def privilegedStartService(self):
-        super().privilegedStartService()
-        self._listen()
+    def start(self) -> defer.Deferred:
+        """Listen; fires with the port once bound."""
+        from twisted.internet.endpoints import serverFromString
 
-    def startService(self):
-        super().startService()
-        self._listen()
-
-    def _listen(self) -> defer.Deferred:
-        if self.started is None:
-            from twisted.internet.endpoints import serverFromString
-
-            self.started = serverFromString(self.bed.reactor, self.listen).listen(self.site)
-            self.started.addCallbacks(self._bound, self._refused)
-        return self.started
+        return serverFromString(self.bed.reactor, self.listen).listen(self.site).addCallbacks(
+            self._bound, self._refused)
 
     def _bound(self, port):
         self.port = port
@@ -80,10 +69,9 @@ class ControlService(service.Service):
         failure.trap(CannotListenError)
         raise ListenError("control", "listen", self.listen, failure.value)
 
-    def stopService(self):
-        super().stopService()
+    def stop(self):
         self.stream.close()
-        port, self.port, self.started = self.port, None, None
+        port, self.port = self.port, None
         return port.stopListening() if port is not None else None
 
     @property

@@ -22,7 +22,7 @@ import attrs
 
 from testbed import checks as checks_module
 from testbed.experiment import plan as plan_module
-from testbed.experiment.explore import reached_points
+from testbed.experiment.explore import probe_rules, reached_points
 from testbed.faults.rules import build_rule
 from testbed.registry import EPHEMERAL
 from testbed.schema import Checker
@@ -45,7 +45,12 @@ def ensure_reactor():
 
 
 def cell_scenario(plan: plan_module.Plan, cell: plan_module.Cell):
-    """The plan's scenario with every listener on an ephemeral port, the cell's seed and faults."""
+    """The plan's scenario with every listener on an ephemeral port, the cell's seed and faults.
+
+    An explore plan's control cell also gets never-firing probe rules, so its
+    journal shows the attributes of every point reached; they are not the cell's
+    ``faults``, so results and coverage never list them.
+    """
     servers = {}
     for name, entry in plan.scenario.servers.items():
         changes = {l.key: EPHEMERAL for l in entry.spec.listeners if getattr(entry.config, l.key, "")}
@@ -53,7 +58,10 @@ def cell_scenario(plan: plan_module.Plan, cell: plan_module.Cell):
     scenario_servers = type(plan.scenario.servers)(servers)
     targets = scenario_servers.targets()
     checker = Checker(f"{plan.source}: cell {cell.id}")
-    rules = [build_rule(checker, f"faults[{i}]", rule, targets) for i, rule in enumerate(cell.faults)]
+    faults = list(cell.faults)
+    if plan.explore and cell.plan == "control":
+        faults += probe_rules({n: t for n, t in targets.items() if scenario_servers[n].config.enabled})
+    rules = [build_rule(checker, f"faults[{i}]", rule, targets) for i, rule in enumerate(faults)]
     return attrs.evolve(plan.scenario, servers=scenario_servers, seed=cell.seed, faults=rules)
 
 

@@ -12,21 +12,12 @@ from typing import Callable, Sequence, TypeVar
 from testbed import registry
 from testbed.experiment import plan as plan_module
 from testbed.experiment.cell import run_cell
-from testbed.experiment.explore import VOLATILE
+from testbed.experiment.explore import literal, point_attributes
 
 T = TypeVar("T")
 #: Parameters that make a fault milder as they shrink, and how far they go.
 SHRINKABLE = {"seconds": 0.0, "jitter": 0.0, "interval": 0.0, "bytes": 0, "times": 1}
 _NOT_PARAMS = ("server", "on", "action", "name", "match")
-
-
-def _escape(value):
-    """A match pattern that matches ``value`` literally (fault matches are globs)."""
-    if isinstance(value, str):
-        return "".join(f"[{c}]" if c in "*?[" else c for c in value)
-    if isinstance(value, list):
-        return [_escape(v) for v in value]
-    return value
 
 
 def deterministic_rules(fired: list[dict], protocols: dict[str, str]) -> list[dict]:
@@ -36,8 +27,7 @@ def deterministic_rules(fired: list[dict], protocols: dict[str, str]) -> list[di
     for fault in fired:
         detail = fault.get("detail") or {}
         surface = surfaces[protocols[fault["server"]]]
-        match = {k: _escape(v) for k, v in sorted((fault.get("attributes") or {}).items())
-                 if k not in VOLATILE and v is not None and (not surface.match or k in surface.match)}
+        match = {k: literal(v) for k, v in point_attributes(fault.get("attributes"), surface).items()}
         rule = {"server": fault["server"], "on": fault["on"], "action": fault["action"],
                 **{k: v for k, v in detail.items() if k not in _NOT_PARAMS}}
         if match:

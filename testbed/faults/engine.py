@@ -47,6 +47,14 @@ def glob_matches(pattern: Any, value: Any) -> bool:
     return fnmatch.fnmatchcase(str(value).lower(), str(pattern).lower())
 
 
+#: Attributes left out of a decision's journal event: a message body would make every event as large as the mail.
+UNJOURNALED = frozenset({"body"})
+
+
+def journaled_attributes(attributes: Mapping[str, Any]) -> dict:
+    return {k: v for k, v in attributes.items() if k not in UNJOURNALED}
+
+
 def rule_matches(rule: FaultRule, attributes: Mapping[str, Any]) -> bool:
     return all(glob_matches(p, attributes.get(k)) for k, p in rule.match.items())
 
@@ -187,12 +195,14 @@ class FaultEngine:
             if rule.probability < 1.0:
                 draw = stable_random(self.seed, server, conn, state.key, "p", nth_here).random()
                 if draw >= rule.probability:
+                    # With the attributes, a rule that never fires (an explore probe) still shows the point reached.
                     self.journal.record(FAULT, server, conn, on=on, rule=state.key, action=rule.action,
-                                        fired=False, draw=round(draw, 6), seed=self.seed)
+                                        fired=False, draw=round(draw, 6), seed=self.seed,
+                                        attributes=journaled_attributes(attributes))
                     continue
             state.fired += 1
             self.journal.record(FAULT, server, conn, on=on, rule=state.key, action=rule.action,
                                 fired=True, seed=self.seed, detail=rule.describe(),
-                                attributes={k: v for k, v in attributes.items() if k != "body"})
+                                attributes=journaled_attributes(attributes))
             return Fault(rule, rng)
         return None

@@ -135,32 +135,16 @@ class ServerFaults:
         return self._server.context.journal.faults(self._server.name)
 
 
-class Server(service.Service, abc.ABC):
-    """A running server: ``host``, ``port``, ``tls_port``, ``faults``, ``journal``, ``wait_for``.
+class ListeningService(service.Service):
+    """A child service of the testbed that binds its listeners when started and says when through ``started``.
 
-    As a service it listens when started (in ``privilegedStartService`` under
-    twistd, so a port in use stops the daemon at once) and stops listening
-    when stopped; ``started`` fires once every listener is bound.
+    It listens in ``privilegedStartService`` under twistd (so a port in use
+    stops the daemon at once) and in ``startService`` otherwise; subclasses
+    implement ``start()`` (listen, returning a Deferred) and ``stop()``.
     """
 
-    #: URL scheme of the plain and the TLS listener ("http", "https"...).
-    scheme = "tcp"
-    tls_scheme = "tls"
-    #: ALPN protocol ids offered under TLS (HTTP: http/1.1); others negotiate none.
-    alpn: tuple[bytes, ...] = ()
-
-    #: Fires once the server listens (or fails with why it could not).
+    #: Fires once the service listens (or fails with why it could not).
     started: defer.Deferred | None = None
-
-    def __init__(self, context: ServerContext):
-        self.context = context
-        self.name = context.name
-        self.config = context.config
-        self.reactor = context.reactor
-        self.listeners: list[Listener] = []
-        self.faults = ServerFaults(self)
-
-    # -- as a service ------------------------------------------------------
 
     def privilegedStartService(self):
         super().privilegedStartService()
@@ -179,6 +163,29 @@ class Server(service.Service, abc.ABC):
         super().stopService()
         self.started = None
         return self.stop()
+
+
+class Server(ListeningService, abc.ABC):
+    """A running server: ``host``, ``port``, ``tls_port``, ``faults``, ``journal``, ``wait_for``.
+
+    As a service it listens when started (in ``privilegedStartService`` under
+    twistd, so a port in use stops the daemon at once) and stops listening
+    when stopped; ``started`` fires once every listener is bound.
+    """
+
+    #: URL scheme of the plain and the TLS listener ("http", "https"...).
+    scheme = "tcp"
+    tls_scheme = "tls"
+    #: ALPN protocol ids offered under TLS (HTTP: http/1.1); others negotiate none.
+    alpn: tuple[bytes, ...] = ()
+
+    def __init__(self, context: ServerContext):
+        self.context = context
+        self.name = context.name
+        self.config = context.config
+        self.reactor = context.reactor
+        self.listeners: list[Listener] = []
+        self.faults = ServerFaults(self)
 
     # -- to implement ------------------------------------------------------
 
