@@ -68,7 +68,7 @@ def _findings(rows: list[dict], summary: dict) -> list[str]:
 
 
 def cmd_run(args) -> int:
-    from testbed.experiment import report, runner
+    from testbed.experiment import runner
     from testbed.experiment.executors import DaskExecutor, LocalExecutor
 
     plan = _load_plan(args.plan, args.client)

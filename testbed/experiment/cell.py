@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Mapping
+from typing import Mapping
 
 import attrs
 

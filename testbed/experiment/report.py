@@ -133,7 +133,7 @@ def write_html(out_dir: str) -> str:
     rows = read_results(out_dir)
     summary = summarize(rows)
     esc = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Experiment report</title><style>"
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Experiment report</title><style>"
              "body{font-family:sans-serif;margin:2em;max-width:1100px}pre{background:#f4f4f4;padding:.5em;"
              "white-space:pre-wrap}.pass{color:#2a7}.fail,.error,.timeout{color:#c22}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%}</style></head><body>",
