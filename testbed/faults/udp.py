@@ -100,12 +100,7 @@ class FaultingDatagramProtocol(DatagramProtocol):
 
     def datagramReceived(self, data, addr):
         peer = self._peer(addr)
-        cap = self.journal.payload_cap
-        if peer.up < cap:
-            keep = data[: cap - peer.up]
-            peer.up += len(keep)
-            self.journal.record(DATA, self.server, peer.conn, direction="up", size=len(data), payload=keep,
-                                peer=peer.label)
+        self._capture(peer, "up", data)
         if not self.engine.wants(self.server, "datagram"):
             self.wrapped.datagramReceived(data, addr)
             return
@@ -131,14 +126,18 @@ class FaultingDatagramProtocol(DatagramProtocol):
         """Journal a datagram as it leaves (after any fault shaped it) and send it."""
         if self.transport is None:
             return
-        peer = self._peer(addr)
-        cap = self.journal.payload_cap
-        if peer.down < cap:
-            keep = data[: cap - peer.down]
-            peer.down += len(keep)
-            self.journal.record(DATA, self.server, peer.conn, direction="down", size=len(data), payload=keep,
-                                peer=peer.label)
+        self._capture(self._peer(addr), "down", data)
         self.transport.write(data, addr)
+
+    def _capture(self, peer, direction: str, data: bytes) -> None:
+        """Journal a datagram's payload, up to ``payload_cap`` per peer and direction (as TCP per connection)."""
+        taken = getattr(peer, direction)
+        cap = self.journal.payload_cap
+        if taken < cap:
+            keep = data[: cap - taken]
+            setattr(peer, direction, taken + len(keep))
+            self.journal.record(DATA, self.server, peer.conn, direction=direction, size=len(data), payload=keep,
+                                peer=peer.label)
 
     def __getattr__(self, name):
         # getHost, connect, loseConnection...: the real port's
