@@ -116,6 +116,8 @@ class ProtocolSpec:
     fixture: str | None = None
     #: Cross-field checks of its config: ``check(config, Check)``.
     check: Callable[[Any, Check], None] | None = None
+    #: ``wait_for`` filter keywords that stand for a record attribute of another name (SMTP: ``to``).
+    wait_aliases: Mapping[str, str] = attrs.Factory(dict)
     #: Extra ``[servers.NAME]`` keys the embedded default scenario sets (ports come from ``listeners``).
     daemon_defaults: Mapping[str, Any] = attrs.Factory(dict)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
-import fnmatch
 import json
 import os
 import tempfile
@@ -18,7 +17,8 @@ import urllib.parse
 import urllib.request
 from typing import Any, Callable
 
-from testbed.servers.base import WaitTimeout
+from testbed import registry
+from testbed.servers.base import WaitTimeout, record_filter
 
 
 class RemoteError(Exception):
@@ -225,19 +225,20 @@ class RemoteServer:
         self._bed._client.call("POST", f"/servers/{self.name}/records",
                                {"name": name, "type": type, "value": value, "ttl": ttl})
 
-    def wait_for(self, predicate_or_count: Any = None, to: str | None = None, timeout: float = 5.0,
-                 count: int | None = None):
-        """The records once ``count`` (default 1) arrived (to recipients matching ``to``, for SMTP), or those
-        matching a predicate; each pass blocks on the API's long-poll, never on a sleep."""
+    def wait_for(self, predicate_or_count: Any = 1, *, timeout: float = 5.0, count: int | None = None,
+                 **filters: Any):
+        """The records once ``count`` (default 1) match ``filters`` (as the in-process ``wait_for``: globs on
+        record attributes, SMTP's ``to``/``sender`` for ``rcpt_to``/``mail_from``), or those that also
+        satisfy a predicate; each pass blocks on the API's long-poll, never on a sleep."""
         if self.protocol not in self._RECORDS:
             raise TypeError(f"{self.name} ({self.protocol}) keeps no records to wait for")
         what = self._RECORDS[self.protocol][0]
         predicate = predicate_or_count if callable(predicate_or_count) else None
         wanted = 1 if predicate else int(count if count is not None else (predicate_or_count or 1))
+        keep = record_filter(filters, registry.protocol(self.protocol).wait_aliases)
 
         def select(items):
-            if to is not None:
-                items = [m for m in items if any(fnmatch.fnmatchcase(r.lower(), to.lower()) for r in m.rcpt_to)]
+            items = [i for i in items if keep(i)]
             return [i for i in items if predicate(i)] if predicate else items
 
         deadline = time.monotonic() + timeout

@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 
 from testbed import registry
+from testbed.faults.engine import glob_matches
 from testbed.runtime import in_reactor_thread
 
 
@@ -324,8 +325,10 @@ class Server(ListeningService, abc.ABC):
 
     #: The keyword that picks which records ``wait_for`` reads (POP3's ``kind``, IMAP's ``of``), if any.
     wait_selector: str | None = None
-    #: Filter keywords that stand for a record attribute of another name (SMTP: ``to`` for ``rcpt_to``).
-    wait_aliases: Mapping[str, str] = {}
+    @property
+    def wait_aliases(self) -> Mapping[str, str]:
+        """Filter keywords that stand for a record attribute of another name (the spec's; SMTP: ``to``)."""
+        return registry.protocol(self.context.protocol).wait_aliases
 
     def wait_records(self, selector: str | None) -> tuple[Callable[[], Sequence], str]:
         """The records ``wait_for`` reads for ``selector`` (None: the default), and their noun."""
@@ -345,12 +348,11 @@ class Server(ListeningService, abc.ABC):
             predicate_or_count = count
         selector = filters.pop(self.wait_selector, None) if self.wait_selector else None
         collect, noun = self.wait_records(selector)
-        wanted = [(self.wait_aliases.get(key, key), key, _pattern(value)) for key, value in filters.items()]
+        keep = record_filter(filters, self.wait_aliases)
         described = "".join(f" with {key} {value!r}" for key, value in filters.items())
 
         def kept() -> list:
-            items = list(collect())
-            return [item for item in items if all(test(_attribute(item, name, shown)) for name, shown, test in wanted)]
+            return [item for item in collect() if keep(item)]
 
         if callable(predicate_or_count):
             predicate = predicate_or_count
@@ -360,6 +362,17 @@ class Server(ListeningService, abc.ABC):
         number = 1 if predicate_or_count is None else int(predicate_or_count)
         return self._wait(kept, lambda found: len(found) >= number, f"{number} {noun}(s){described}", timeout,
                           seen=collect)
+
+
+def record_filter(filters: Mapping[str, Any], aliases: Mapping[str, str] = {}) -> Callable[[Any], bool]:
+    """A test of a record against ``wait_for`` filters: fault-rule glob matching on its attributes.
+
+    A string is a case-insensitive glob, anything else must be equal, and a
+    list attribute matches when one of its items does (``glob_matches``).
+    ``aliases`` maps a filter keyword to the attribute it stands for.
+    """
+    wanted = [(aliases.get(key, key), key, value) for key, value in filters.items()]
+    return lambda record: all(glob_matches(value, _attribute(record, name, shown)) for name, shown, value in wanted)
 
 
 def _attribute(record: Any, name: str, shown: str) -> Any:
@@ -374,24 +387,3 @@ def _attribute(record: Any, name: str, shown: str) -> Any:
             known = sorted(n for n in dir(record) if not n.startswith("_") and not callable(getattr(record, n, None)))
     raise TypeError(f"wait_for({shown}=...): a {type(record).__name__} has no {name!r}; "
                     f"filter on one of: {', '.join(known)}")
-
-
-def _pattern(wanted: Any) -> Callable[[Any], bool]:
-    """A test of one record attribute: a case-insensitive glob for strings, else equality; lists match by item."""
-    if isinstance(wanted, str):
-        import fnmatch
-
-        pattern = wanted.lower()
-
-        def one(value: Any) -> bool:
-            return isinstance(value, str) and fnmatch.fnmatchcase(value.lower(), pattern)
-    else:
-        def one(value: Any) -> bool:
-            return value == wanted
-
-    def test(value: Any) -> bool:
-        if isinstance(value, (list, tuple)) and not isinstance(wanted, (list, tuple)):
-            return any(one(v) for v in value)
-        return one(value)
-
-    return test

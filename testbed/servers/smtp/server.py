@@ -866,9 +866,6 @@ class SMTPServer(Server):
         """Every message accepted since the test began, in order."""
         return list(self.factory.messages)
 
-    #: ``wait_for(to="alice@*")`` globs the recipients, ``sender=`` the envelope sender.
-    wait_aliases = {"to": "rcpt_to", "sender": "mail_from"}
-
     def wait_records(self, selector: str | None):
         """``wait_for`` reads the accepted messages (``SMTPMessage``)."""
         return (lambda: list(self.factory.messages)), "message"

@@ -83,6 +83,7 @@ SPEC = ProtocolSpec(
     ),
     server="testbed.servers.smtp.server:SMTPServer",
     fixture="smtp_server",
+    wait_aliases={"to": "rcpt_to", "sender": "mail_from"},
     check=check_mail_tls,
     daemon_defaults={"tls": "starttls"},
 )
