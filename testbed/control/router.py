@@ -157,13 +157,25 @@ class Scrubber:
 
     def __init__(self, secrets: Callable[[], dict[str, str | None]]):
         self._secrets = secrets
+        #: The forms of the users and passwords they were last computed from (users change rarely;
+        #: every API answer and every SSE batch is scrubbed).
+        self._cache: tuple[tuple, list[bytes]] = ((), [])
 
     def forms(self) -> list[bytes]:
         """Every way a known password shows in journal data, longest first."""
+        secrets = tuple(sorted(self._secrets().items(), key=lambda item: item[0]))
+        if secrets == self._cache[0]:
+            return self._cache[1]
+        forms = self._forms(secrets)
+        self._cache = (secrets, forms)
+        return forms
+
+    @staticmethod
+    def _forms(secrets: tuple) -> list[bytes]:
         import base64
 
         forms = set()
-        for user, password in self._secrets().items():
+        for user, password in secrets:
             if not password:
                 continue
             forms.add(password.encode("utf-8"))
