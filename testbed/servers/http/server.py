@@ -13,11 +13,13 @@ import io
 import json as jsonlib
 import os
 import re
+import time
 import warnings
 from typing import Any, Mapping, NamedTuple
 from urllib.parse import parse_qs
 
 from twisted.internet import defer
+from twisted.python import failure
 from twisted.web import http, resource, server
 
 with warnings.catch_warnings():
@@ -211,6 +213,11 @@ def _readable_range(value: bytes) -> bool:
     return True
 
 
+def _header_items(raw_headers: dict) -> tuple:
+    """((name, value), ...) from twisted.web's Headers dict: repeated headers joined with ", ", in C (no frame)."""
+    return tuple(zip(raw_headers.keys(), map(b", ".join, raw_headers.values())))
+
+
 # Bound once: twisted.web.http is a deprecation proxy, and every attribute read through it costs a call.
 _TwistedChunkedDecoder = http._ChunkedTransferDecoder
 _MalformedChunkedDataError = http._MalformedChunkedDataError
@@ -249,6 +256,12 @@ class TestbedChannel(http.HTTPChannel):
     """
 
     seam = NO_SEAM
+    #: Whether this connection came in on a TLS listener (the fault wrapper's factory says).
+    tls = False
+
+    def connectionMade(self):
+        self.tls = bool(getattr(getattr(self.transport, "factory", None), "tls", False))
+        super().connectionMade()
 
     def _refuse(self, status: int, reason: str) -> None:
         self.seam.record(ERROR, error="bad request", status=status, reason=reason)
@@ -317,8 +330,8 @@ class TestbedResource(resource.Resource):
 
     def render(self, request: server.Request):
         http = self.http
-        seam = request.channel.seam
-        transport = request.channel.transport
+        channel = request.channel
+        seam = channel.seam
         conn = seam.conn
         content = request.content
         if type(content) is io.BytesIO:  # twisted.web keeps bodies under 100 kB (and none) in memory
@@ -340,8 +353,7 @@ class TestbedResource(resource.Resource):
         # tuples (not NamedTuples): a few hundred thousand tracked records made
         # full collections pause the server for 20-110 ms.
         raw = (method, path, raw_query,
-               tuple([(k, b", ".join(v)) for k, v in request.requestHeaders.getAllRawHeaders()]),
-               body, getattr(transport.factory, "tls", False), conn, uri)
+               _header_items(request.requestHeaders._rawHeaders), body, channel.tls, conn, uri)
         http._requests.append(raw)
         record = RawRequest(raw)
         # Journaled once, when answered, with the reply folded in (``journal``).
@@ -505,6 +517,20 @@ def cut_after(request, limit: int | None) -> None:
     request.testbed_cut = limit if limit is not None else "half"
 
 
+_SERVER_HEADER = [server.version]
+_unquote = server.unquote
+#: (second, its HTTP date): the Date header, formatted once a second.
+_date_cache = (0, b"")
+
+
+def _http_date() -> bytes:
+    global _date_cache
+    now = int(time.time())
+    if now != _date_cache[0]:
+        _date_cache = (now, http.datetimeToString(now))
+    return _date_cache[1]
+
+
 def _cut_fields(request) -> dict:
     """What a reply's journal entry adds when ``short_body`` cuts it."""
     cut = getattr(request, "testbed_cut", None)
@@ -512,7 +538,33 @@ def _cut_fields(request) -> dict:
 
 
 class TestbedRequest(server.Request):
-    """A request whose unhandled exception (in a ``respond_with`` handler, say) is journaled as a server error."""
+    """A request whose unhandled exception (in a ``respond_with`` handler, say) is journaled as a server error.
+
+    ``process`` is twisted.web's ``Request.process`` for a site of one leaf resource, with the per-request
+    work that buys nothing here left out: the Date header is formatted once a second (Twisted formats it on
+    every request), the Server and Date values, ours and known clean, go into the headers without Headers'
+    sanitising pass, and there is no resource tree to walk (``Site.getResourceFor`` and its copy of
+    ``prepath``) nor an encoder to ask ``TestbedResource`` for. ``tests/test_http.py`` checks that the
+    response bytes equal stock twisted.web's.
+    """
+
+    def process(self):
+        path = self.path
+        if path == b"*":  # OPTIONS * and friends: Twisted's own answer
+            return super().process()
+        self.site = site = self.channel.site
+        # Headers keeps canonical names in ``_rawHeaders`` (its documented ivar): these two are canonical.
+        headers = self.responseHeaders._rawHeaders
+        headers[b"Server"] = _SERVER_HEADER
+        headers[b"Date"] = [_http_date()]
+        self.prepath = []
+        self.sitepath = []
+        segments = path[1:].split(b"/")
+        self.postpath = list(map(_unquote, segments)) if b"%" in path else segments
+        try:
+            self.render(site.resource)
+        except BaseException:
+            self.processingFailed(failure.Failure())
 
     def processingFailed(self, reason):
         channel = self.channel
