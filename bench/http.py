@@ -162,7 +162,9 @@ def check(url):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=8, help="seconds of each measured wrk run (default 8)")
+    parser.add_argument("--duration", type=float, default=5, help="seconds of each measured wrk run (default 5)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds, each measuring every server once; a row shows its median round (default 3)")
     parser.add_argument("--warmup", type=float, default=2, help="seconds of the warm-up run before it (default 2)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
@@ -183,19 +185,27 @@ def main(argv=None):
         for kind in SERVERS:  # start them all first: start-up is most of a subprocess's life
             proc, ports[kind] = start(kind)
             procs.append(proc)
-        for kind, label in SERVERS.items():
-            url = f"http://127.0.0.1:{ports[kind]}{PATH}"
-            check(url)
-            wrk(url, warmup, args.connections, args.threads, latency=False)
-            results[kind] = parse_wrk(wrk(url, duration, args.connections, args.threads))
-            rps, p50, p99, errors = results[kind]
-            print(f"  {label}: {rps:,.0f} req/s" + (f"  [{'; '.join(errors)}]" if errors else ""),
-                  file=sys.stderr, flush=True)
+        rounds = {kind: [] for kind in SERVERS}
+        for round_number in range(1, max(1, args.rounds) + 1):
+            # Interleaved rounds: a burst of other work on the machine lands on one round of every
+            # server rather than on all of one server's.
+            for kind, label in SERVERS.items():
+                url = f"http://127.0.0.1:{ports[kind]}{PATH}"
+                if round_number == 1:
+                    check(url)
+                    wrk(url, warmup, args.connections, args.threads, latency=False)
+                rounds[kind].append(parse_wrk(wrk(url, duration, args.connections, args.threads)))
+                rps, p50, p99, errors = rounds[kind][-1]
+                print(f"  round {round_number}: {label}: {rps:,.0f} req/s"
+                      + (f"  [{'; '.join(errors)}]" if errors else ""), file=sys.stderr, flush=True)
+        for kind, runs in rounds.items():
+            results[kind] = sorted(runs, key=lambda run: run[0])[len(runs) // 2]
     finally:
         stop(procs)
 
     base = results[BASELINE][0]
     print(f"\nwrk -t{args.threads} -c{args.connections} -d{duration}s --latency (after a {warmup}s warm-up), "
+          f"median of {max(1, args.rounds)} interleaved rounds, "
           f"GET {PATH} -> {len(BODY)} bytes, 127.0.0.1, Python {sys.version.split()[0]}, "
           f"{os.cpu_count()} CPUs, load average {load:.2f} before the run")
     header = f"{'server':<32} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6}"
