@@ -98,6 +98,24 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace")
 
 
+#: Parsed MAIL/RCPT paths by (path, default domain): a session names the same few addresses again and again,
+#: and Twisted's ``Address`` tokenizes with a regular expression each time. Never changed once made, so shared;
+#: bounded like the replies.
+_ADDRESSES: dict[tuple[bytes, bytes], smtp.Address] = {}
+_ADDRESS_CACHE = 512
+
+
+def _address(path: bytes, domain: bytes) -> smtp.Address:
+    """``smtp.Address(path, domain)`` (raises ``AddressError``), parsed once per distinct path."""
+    key = (path, domain)
+    address = _ADDRESSES.get(key)
+    if address is None:
+        address = smtp.Address(path, domain)
+        if len(_ADDRESSES) < _ADDRESS_CACHE:
+            _ADDRESSES[key] = address
+    return address
+
+
 def _format_reply(code: int, message: bytes | str, raw: bool) -> tuple[bytes, str]:
     """A reply's bytes on the wire (enhanced code added unless ``raw``) and its first line as text."""
     if isinstance(message, str):
@@ -624,7 +642,7 @@ class TestbedSMTP(smtp.ESMTP):
             self.sendCode(501, b"Syntax error")
             return
         try:
-            origin = smtp.Address(match.group("path"), self.host)
+            origin = _address(match.group("path"), self.host)
         except smtp.AddressError as e:
             self.sendCode(553, str(e))
             return
@@ -647,7 +665,7 @@ class TestbedSMTP(smtp.ESMTP):
             self.sendCode(501, b"Syntax error")
             return
         try:
-            user = smtp.User(smtp.Address(match.group("path"), self.host), self._helo, self, self._from)
+            user = smtp.User(_address(match.group("path"), self.host), self._helo, self, self._from)
         except smtp.AddressError as e:
             self.sendCode(553, str(e))
             return
