@@ -462,11 +462,11 @@ class TestbedSMTP(smtp.ESMTP):
         if self.config.require_auth and not self.authenticated and name in NEED_AUTH:
             self.sendCode(530, b"5.7.0 Authentication required")
             return
-        method = self.lookupMethod(name) if name.isalpha() else None
+        method = _VERBS.get(name)
         if method is None:
             self.sendCode(500, b"5.5.2 Command unrecognized")
         else:
-            method(rest)
+            method(self, rest)
 
     def timeoutConnection(self) -> None:
         self.sendCode(421, self._host + b" Error: timeout exceeded", raw=False)
@@ -813,6 +813,21 @@ class TestbedSMTP(smtp.ESMTP):
         if not self._fault_handled(self._at("QUIT"), "QUIT"):
             self.sendCode(221, b"2.0.0 Bye")
             self.transport.loseConnection()
+
+
+def _verbs(cls: type) -> dict[str, Any]:
+    """What ``ESMTP.lookupMethod`` finds for each verb (``do_VERB``, else ``ext_VERB``), as functions of ``cls``."""
+    verbs = {}
+    for prefix in ("ext_", "do_"):  # do_ last: it wins
+        for attr in dir(cls):
+            verb = attr[len(prefix):]
+            if attr.startswith(prefix) and verb.isalpha() and verb.isupper():
+                verbs[verb] = getattr(cls, attr)
+    return verbs
+
+
+#: The command methods, looked up once rather than by two ``getattr`` with built names per command.
+_VERBS = _verbs(TestbedSMTP)
 
 
 # -- the factory ------------------------------------------------------------------------------
