@@ -14,8 +14,8 @@ Twisted quirks worked around here (Twisted 26.10):
   and unstuffs in bulk; the end of DATA (store, then Twisted's "250 Delivery
   in progress") is done here too, with one copy of the text for all recipients.
 - ``do_MAIL``/``do_RCPT`` wrap every answer of the delivery in Deferreds, and
-  the end of DATA gathers the IMessages' in a ``DeferredList``: a fifth of a
-  message's cost. The same steps and replies are taken here, through a
+  the end of DATA gathers the IMessages' in a ``DeferredList``: over a quarter
+  of a message's cost. The same steps and replies are taken here, through a
   Deferred only when the delivery gives one (a fault that answered).
 - ``LineOnlyReceiver`` drops the rest of a chunk after an over-long line and
   ``SMTP.lineLengthExceeded`` then reads the rest of a message body as
@@ -629,8 +629,8 @@ class TestbedSMTP(smtp.ESMTP):
     # MAIL, RCPT and DATA are Twisted's (``SMTP.do_MAIL``, ``do_RCPT``, ``do_DATA`` and
     # ``dataLineReceived`` at the final dot), with their replies, but an answer the delivery
     # gives at once is used at once: Twisted wraps each in Deferreds (two ``maybeDeferred``
-    # per command, a ``DeferredList`` per message), a fifth of a message's cost. A fault
-    # that answered gives a Deferred that never fires, so nothing more is sent.
+    # per command, a ``DeferredList`` per message), over a quarter of a message's cost.
+    # A fault that answered gives a Deferred that never fires, so nothing more is sent.
 
     def do_MAIL(self, rest: bytes) -> None:
         size = _SIZE.search(rest)
