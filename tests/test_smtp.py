@@ -254,6 +254,31 @@ def test_a_delivery_failure_is_451_not_a_bare_550(monkeypatch):
     assert "disk full" in s.events("error")[0]["error"]
 
 
+
+def test_a_connection_lost_in_the_middle_of_data_stores_nothing():
+    s = Session()
+    s.ehlo()
+    s.envelope()
+    assert s.cmd(b"DATA") == b"354 Continue\r\n"
+    assert s.send(b"Subject: cut short\r\n\r\nthe first line\r\n") == b""
+    s.conn.drop()
+    assert s.messages == [] and s.mail.all_messages() == []
+    assert s.events("error") == []
+
+
+def test_the_same_addresses_in_every_transaction_and_a_bad_one_refused_each_time():
+    s = Session()
+    s.ehlo()
+    for _ in range(2):
+        assert s.cmd(b"MAIL FROM:<a@b.test>") == b"250 2.1.0 Sender OK\r\n"
+        assert s.cmd(b"RCPT TO:<a@@b>") == b"553 5.1.3 Too many @\r\n"
+        assert s.cmd(b"RCPT TO:<alice@example.test>") == b"250 2.1.5 Recipient OK\r\n"
+        assert s.cmd(b"RCPT TO:<Bob@Example.Test>") == b"250 2.1.5 Recipient OK\r\n"
+        assert s.data() == b"250 2.0.0 Delivery in progress\r\n"
+    assert [(m.mail_from, m.rcpt_to) for m in s.messages] == [
+        ("a@b.test", ["alice@example.test", "Bob@Example.Test"])] * 2
+    assert [m.user for m in s.mail.all_messages()] == ["alice@example.test", "bob@example.test"] * 2
+
 # -- AUTH -------------------------------------------------------------------------------------
 
 

@@ -76,6 +76,12 @@ class InvalidNameError(ValueError, KeyError):
 # Names and flags
 
 
+#: Valid user names already checked, by the exact string given: every SMTP recipient and every
+#: login asks again for the same few. Bounded; past the bound a name is checked anew.
+_USER_KEYS: dict[str, str] = {}
+_USER_KEYS_CACHED = 1024
+
+
 def normalize_user(address: str) -> str:
     """Return the user key for ``address`` (lower-cased), or raise `InvalidNameError`.
 
@@ -86,6 +92,16 @@ def normalize_user(address: str) -> str:
     """
     if not isinstance(address, str) or not address:
         raise InvalidNameError(f"invalid user name {address!r}")
+    user = _USER_KEYS.get(address)
+    if user is None:
+        user = _check_user(address)
+        if len(_USER_KEYS) < _USER_KEYS_CACHED:
+            _USER_KEYS[address] = user
+    return user
+
+
+def _check_user(address: str) -> str:
+    """`normalize_user` for a non-empty str, uncached."""
     user = address.lower()
     if (
         user.startswith(".")
@@ -933,7 +949,7 @@ class MailStore:
         user = self.resolve_recipient(recipient)
         if user is None:
             raise KeyError(f"unknown recipient {recipient!r}")
-        mailbox = self.mailbox(user)
+        mailbox = self._mailboxes[user][INBOX]  # ``user`` is a key already: ``mailbox()`` would check it again
         message = mailbox._add(raw, flags, internal_date)
         self._delivered.append(message)
         mailbox._notify("append", message)

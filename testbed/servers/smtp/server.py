@@ -1,8 +1,9 @@
 """The SMTP and SMTPS server, on ``twisted.mail.smtp.ESMTP``: delivers into the shared mail store, with faults at every stage.
 
-Commands, replies, AUTH (through a cred portal) and the DATA state machine are
-Twisted's; the subclass adds the extensions (SIZE, PIPELINING, 8BITMIME,
-ENHANCEDSTATUSCODES, STARTTLS), the limits, the journal and the fault stages.
+Commands, their parsing (``mail_re``, ``rcpt_re``, ``Address``), replies and AUTH
+(through a cred portal) are Twisted's; the subclass adds the extensions (SIZE,
+PIPELINING, 8BITMIME, ENHANCEDSTATUSCODES, STARTTLS), the limits, the journal
+and the fault stages.
 
 Twisted quirks worked around here (Twisted 26.10):
 
@@ -10,8 +11,12 @@ Twisted quirks worked around here (Twisted 26.10):
 - The message text is not fed through ``dataLineReceived`` line by line (the
   hot path, and it slips an empty line in before a first body line without a
   colon, as room for a Received: header): ``dataReceived`` finds the final dot
-  and unstuffs in bulk, hands the text to the IMessage, then lets Twisted's
-  ``dataLineReceived(b".")`` finish (eomReceived, the reply).
+  and unstuffs in bulk; the end of DATA (store, then Twisted's "250 Delivery
+  in progress") is done here too, with one copy of the text for all recipients.
+- ``do_MAIL``/``do_RCPT`` wrap every answer of the delivery in Deferreds, and
+  the end of DATA gathers the IMessages' in a ``DeferredList``: over a quarter
+  of a message's cost. The same steps and replies are taken here, through a
+  Deferred only when the delivery gives one (a fault that answered).
 - ``LineOnlyReceiver`` drops the rest of a chunk after an over-long line and
   ``SMTP.lineLengthExceeded`` then reads the rest of a message body as
   commands; commands are framed here too: 500 for a long one, and on we go.
@@ -21,9 +26,8 @@ Twisted quirks worked around here (Twisted 26.10):
   and ``AUTH`` with no mechanism raise out of ``state_AUTH``/``ext_AUTH`` and drop
   the connection: answered 501 instead. Any other exception from a command is
   answered 451 and journaled, never propagated to the transport.
-- A failed ``IMessage.eomReceived`` always becomes "550 Could not send e-mail":
-  faults and errors after the final dot reply themselves and leave the
-  Deferred unfired, so Twisted sends nothing more.
+- Faults and errors after the final dot reply themselves (Twisted would make
+  any failure "550 Could not send e-mail").
 - Twisted's LOGIN challenges carry NUL bytes (``"User Name\\0"``):
   ``smtp.LOGINCredentials`` ("Username:", "Password:") is used instead.
 - ``SMTPServerError.resp`` must be ``str`` for RCPT/MAIL errors but ``bytes``
@@ -51,6 +55,7 @@ from twisted.mail import smtp
 from twisted.mail._cred import PLAINCredentials
 from twisted.mail._except import IllegalClientResponse
 from twisted.mail.interfaces import IMessageDelivery
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from testbed.faults.seam import NO_SEAM, SeamFactory
@@ -91,6 +96,24 @@ def _text(value: Any) -> str:
     if not isinstance(value, bytes):
         value = bytes(value)
     return value.decode("utf-8", "replace")
+
+
+#: Parsed MAIL/RCPT paths by (path, default domain): a session names the same few addresses again and again,
+#: and Twisted's ``Address`` tokenizes with a regular expression each time. Never changed once made, so shared;
+#: bounded like the replies.
+_ADDRESSES: dict[tuple[bytes, bytes], smtp.Address] = {}
+_ADDRESS_CACHE = 512
+
+
+def _address(path: bytes, domain: bytes) -> smtp.Address:
+    """``smtp.Address(path, domain)`` (raises ``AddressError``), parsed once per distinct path."""
+    key = (path, domain)
+    address = _ADDRESSES.get(key)
+    if address is None:
+        address = smtp.Address(path, domain)
+        if len(_ADDRESSES) < _ADDRESS_CACHE:
+            _ADDRESSES[key] = address
+    return address
 
 
 def _format_reply(code: int, message: bytes | str, raw: bool) -> tuple[bytes, str]:
@@ -171,69 +194,7 @@ class SMTPMessage:
                 f"size={self.size} subject={subject!r}>")
 
 
-# -- Twisted's delivery and message interfaces ------------------------------------------
-
-
-@implementer(smtp.IMessage)
-class _Collector:
-    """The IMessage of a transaction: gathers the text once, whatever the number of recipients."""
-
-    __slots__ = ("protocol", "lines", "size", "limit")
-
-    def __init__(self, protocol: "TestbedSMTP", limit: int):
-        self.protocol = protocol
-        self.lines: list[bytes] | None = []
-        self.size = 0
-        self.limit = limit
-
-    def lineReceived(self, line: bytes) -> None:
-        self.write(line + b"\r\n")
-
-    def write(self, data: bytes) -> None:
-        """Message text in bulk: whole lines, dot-unstuffed (what the protocol's body path gives)."""
-        self.size += len(data)
-        if self.limit and self.size > self.limit:
-            raise smtp.SMTPServerError(552, b"5.3.4 Message size exceeds fixed maximum message size")
-        self.lines.append(data)
-
-    def eomReceived(self):
-        parts, self.lines = self.lines, None
-        return self.protocol._end_of_message(b"".join(parts))
-
-    def connectionLost(self) -> None:
-        self.lines = None
-
-
-@implementer(smtp.IMessage)
-class _Passenger:
-    """The IMessage of every further recipient: the collector already holds the bytes."""
-
-    __slots__ = ()
-
-    def lineReceived(self, line: bytes) -> None:
-        pass
-
-    def eomReceived(self):
-        return defer.succeed(None)
-
-    def connectionLost(self) -> None:
-        pass
-
-
-_PASSENGER = _Passenger()
-
-
-class _Recipient:
-    """What ``validateTo`` gives Twisted for an accepted recipient: makes its IMessage, knows its address."""
-
-    __slots__ = ("protocol", "rcpt")
-
-    def __init__(self, protocol: "TestbedSMTP", rcpt: str):
-        self.protocol = protocol
-        self.rcpt = rcpt
-
-    def __call__(self):
-        return self.protocol._new_message()
+# -- Twisted's delivery interface --------------------------------------------------------
 
 
 @implementer(IMessageDelivery)
@@ -316,7 +277,9 @@ class TestbedSMTP(smtp.ESMTP):
         self._declared_size: int | None = None
         self._mechanism = ""
         self._envelope: tuple[str, list[str]] | None = None
-        self._collector: _Collector | None = None
+        #: The message text of the DATA under way (whole lines, dot-unstuffed), and its size so far.
+        self._parts: list[bytes] = []
+        self._size = 0
         #: The command being handled, until its reply is journaled with it.
         self._unanswered: dict | None = None
 
@@ -351,6 +314,8 @@ class TestbedSMTP(smtp.ESMTP):
 
     def _fault_handled(self, fault, stage: str) -> bool:
         """Carry out a protocol action (reply, silence) through the seam; False when there is none to carry out."""
+        if fault is None:  # every stage of most runs: no call, no bound methods made
+            return False
         return self.seam.carry_out(fault, stage, self._send_fault_reply, silence=self._silence)
 
     def _send_fault_reply(self, code: int, message: str) -> None:
@@ -428,7 +393,7 @@ class TestbedSMTP(smtp.ESMTP):
         if dot >= 0:
             self._body_part(data[:dot])
             self._line_start = True
-            self.dataLineReceived(b".")  # Twisted's end of DATA: eomReceived, then the reply
+            self._end_of_data()
             return data[dot + 3:]
         cut = data.rfind(b"\r\n") + 2  # complete lines end here (1: there are none)
         if cut > 1:
@@ -450,16 +415,17 @@ class TestbedSMTP(smtp.ESMTP):
             part = part[1:]
         if b"\r\n." in part:
             part = part.replace(b"\r\n.", b"\r\n")
-        try:
-            self._collector.write(part)
-        except smtp.SMTPServerError:
+        self._size += len(part)
+        limit = self.config.max_message_size
+        if limit and self._size > limit:
             self._body_failed()
+        else:
+            self._parts.append(part)
 
     def _body_failed(self) -> None:
         if not self.datafailed:
             self.datafailed = smtp.SMTPServerError(552, b"5.3.4 Message size exceeds fixed maximum message size")
-            if self._collector is not None:
-                self._collector.connectionLost()
+            self._parts = []
 
     def _internal_error(self, error: Exception) -> None:
         self.seam.record(ERROR, error=f"{type(error).__name__}: {error}", **internal(error))
@@ -479,8 +445,11 @@ class TestbedSMTP(smtp.ESMTP):
         except UnicodeDecodeError:
             name = ""
         # Journaled with its reply folded in when that comes at once (``sendCode``), else alone when done here.
-        self._unanswered = {"command": name or _text(verb),
-                            "arg": _text(rest.split(None, 1)[0] if rest else b"") if name == "AUTH" else _text(rest)}
+        if name == "AUTH":
+            rest_text = _text(rest.split(None, 1)[0] if rest else b"")  # not the initial response: a credential
+        else:
+            rest_text = rest.decode("utf-8", "replace")
+        self._unanswered = {"command": name or _text(verb), "arg": rest_text}
         try:
             self._command(name, rest)
         finally:
@@ -498,11 +467,11 @@ class TestbedSMTP(smtp.ESMTP):
         if self.config.require_auth and not self.authenticated and name in NEED_AUTH:
             self.sendCode(530, b"5.7.0 Authentication required")
             return
-        method = self.lookupMethod(name) if name.isalpha() else None
+        method = _VERBS.get(name)
         if method is None:
             self.sendCode(500, b"5.5.2 Command unrecognized")
         else:
-            method(rest)
+            method(self, rest)
 
     def timeoutConnection(self) -> None:
         self.sendCode(421, self._host + b" Error: timeout exceeded", raw=False)
@@ -552,6 +521,13 @@ class TestbedSMTP(smtp.ESMTP):
         self.setTimeout(self.timeout)
         if self._fault_handled(fault, "connect") and not self._silenced and not self.transport.disconnecting:
             self._rejecting = True  # RFC 5321 3.1: after a 554 greeting, 503 to all but QUIT
+
+    def connectionLost(self, reason) -> None:
+        # In DATA mode ``SMTP.connectionLost`` tells its per-recipient IMessages (its private
+        # ``__messages``); the text gathered here has no one to tell.
+        self.mode = smtp.COMMAND
+        self._parts = []
+        super().connectionLost(reason)
 
     # -- HELO, EHLO, STARTTLS, AUTH -------------------------------------------------------------
 
@@ -649,6 +625,12 @@ class TestbedSMTP(smtp.ESMTP):
             self.sendCode(501, b"5.5.2 Malformed authentication response")
 
     # -- the transaction --------------------------------------------------------------------------
+    #
+    # MAIL, RCPT and DATA are Twisted's (``SMTP.do_MAIL``, ``do_RCPT``, ``do_DATA`` and
+    # ``dataLineReceived`` at the final dot), with their replies, but an answer the delivery
+    # gives at once is used at once: Twisted wraps each in Deferreds (two ``maybeDeferred``
+    # per command, a ``DeferredList`` per message), over a quarter of a message's cost.
+    # A fault that answered gives a Deferred that never fires, so nothing more is sent.
 
     def do_MAIL(self, rest: bytes) -> None:
         size = _SIZE.search(rest)
@@ -656,13 +638,60 @@ class TestbedSMTP(smtp.ESMTP):
             self.sendCode(501, b"5.5.4 Syntax: SIZE=<1 to 20 digits>")  # RFC 1870: size-value = 1*20DIGIT
             return
         self._declared_size = int(size.group(1)) if size else None
-        super().do_MAIL(rest)
+        if self._from:
+            self.sendCode(503, b"Only one sender per message, please")
+            return
+        self._to = []
+        match = self.mail_re.match(rest)
+        if not match:
+            self.sendCode(501, b"Syntax error")
+            return
+        try:
+            origin = _address(match.group("path"), self.host)
+        except smtp.AddressError as e:
+            self.sendCode(553, str(e))
+            return
+        try:
+            origin = self.delivery.validateFrom(self._helo, origin)
+        except Exception:
+            self._ebFromValidate(Failure())
+            return
+        if isinstance(origin, defer.Deferred):
+            origin.addCallbacks(self._cbFromValidate, self._ebFromValidate)
+        else:
+            self._cbFromValidate(origin)
 
+    def do_RCPT(self, rest: bytes) -> None:
+        if not self._from:
+            self.sendCode(503, b"Must have sender before recipient")
+            return
+        match = self.rcpt_re.match(rest)
+        if not match:
+            self.sendCode(501, b"Syntax error")
+            return
+        try:
+            user = smtp.User(_address(match.group("path"), self.host), self._helo, self, self._from)
+        except smtp.AddressError as e:
+            self.sendCode(553, str(e))
+            return
+        try:
+            rcpt = self.delivery.validateTo(user)
+        except Exception:
+            self._ebToValidate(Failure())
+            return
+        if isinstance(rcpt, defer.Deferred):
+            rcpt.addCallbacks(self._cbToValidate, self._ebToValidate, callbackArgs=(user,))
+        else:
+            self._cbToValidate(rcpt, user)
+
+    # SMTP._cbFromValidate and _cbToValidate with enhanced codes, written out: no super() call per command.
     def _cbFromValidate(self, fromEmail, code=250, msg=b"2.1.0 Sender OK"):
-        super()._cbFromValidate(fromEmail, code, msg)
+        self._from = fromEmail
+        self.sendCode(code, msg)
 
     def _cbToValidate(self, to, user=None, code=250, msg=b"2.1.5 Recipient OK"):
-        super()._cbToValidate(to, user, code, msg)
+        self._to.append((to if user is None else user, to))
+        self.sendCode(code, msg)
 
     def _ebFromValidate(self, failure):
         if failure.check(smtp.SMTPServerError):
@@ -685,7 +714,8 @@ class TestbedSMTP(smtp.ESMTP):
             raise smtp.SMTPServerError(552, "5.3.4 Message size exceeds fixed maximum message size")
         return origin
 
-    def _validate_to(self, user):
+    def _validate_to(self, user) -> str:
+        """The recipient's address as text (what ``_to`` pairs with its ``User``), or a refusal."""
         rcpt = _text(user.dest)
         fault = self._at("RCPT", rcpt=rcpt, mail_from=self._mail_from)
         if self._fault_handled(fault, "RCPT"):
@@ -694,59 +724,63 @@ class TestbedSMTP(smtp.ESMTP):
             raise smtp.SMTPServerError(452, "4.5.3 Too many recipients")
         if self.factory.mail.resolve_recipient(rcpt) is None:
             raise smtp.SMTPServerError(550, f"5.1.1 <{rcpt}>: Recipient address rejected: User unknown")
-        return _Recipient(self, rcpt)
-
-    def _new_message(self):
-        if self._collector is None:
-            self._collector = _Collector(self, self.config.max_message_size)
-            return self._collector
-        return _PASSENGER
+        return rcpt
 
     def do_DATA(self, rest: bytes) -> None:
         if self._from is None or not self._to:
-            super().do_DATA(rest)  # 503
+            self.sendCode(503, b"Must have valid receiver and originator")
             return
         mail_from = self._mail_from
-        rcpts = [recipient.rcpt for _, recipient in self._to]
+        rcpts = [rcpt for _, rcpt in self._to]
         seam = self.seam
         fault = seam.decide("DATA", **self._attributes(mail_from=mail_from, rcpt=rcpts)) if seam.wants("DATA") else None
+        self._from = None
+        self._to = []
         if self._fault_handled(fault, "DATA"):
-            # The transaction ends: smtplib sends no RSET after a refused DATA.
-            self._from = None
-            self._to = []
-            return
+            return  # the transaction ends: smtplib sends no RSET after a refused DATA
+        # One copy of the text for every recipient, where Twisted keeps an IMessage each.
         self._envelope = (mail_from, rcpts)
-        self._collector = None
+        self._parts = []
+        self._size = 0
         self._line_start = True
-        super().do_DATA(rest)
+        self.datafailed = None
+        self.mode = smtp.DATA
+        self.sendCode(354, b"Continue")
         if fault is not None:
-            self.seam.apply(fault)  # a wire action at DATA acts after the 354
+            seam.apply(fault)  # a wire action at DATA acts after the 354
 
-    def _end_of_message(self, raw: bytes):
-        """After the final dot: the ``message`` stage, then delivery (before the 250)."""
-        self._collector = None
+    def _end_of_data(self) -> None:
+        """The final dot: the size refusal, or the message stored and Twisted's 250 (unless a fault answered)."""
+        self.mode = smtp.COMMAND
+        parts, self._parts = self._parts, []
+        if self.datafailed:
+            self.sendCode(self.datafailed.code, self.datafailed.resp)
+        elif self._end_of_message(b"".join(parts)):
+            self.sendCode(250, b"Delivery in progress")
+
+    def _end_of_message(self, raw: bytes) -> bool:
+        """After the final dot: the ``message`` stage, then delivery; False when the reply is not a plain 250."""
         mail_from, rcpts = self._envelope
         fault = self._at("message", mail_from=mail_from, rcpt=rcpts, size=len(raw))
         if fault is not None:
             if fault.wire:
                 if fault.action in CUTTING:
-                    return defer.Deferred()  # the server "died" before committing: not stored
+                    return False  # the server "died" before committing: not stored
             elif fault.action == "reply" and 200 <= int(fault.param("code", 451)) < 300:
                 self._store(mail_from, rcpts, raw)
                 self._fault_handled(fault, "message")
-                return defer.Deferred()
+                return False
             else:
                 self._fault_handled(fault, "message")
-                return defer.Deferred()
+                return False
         try:
             stored = self._store(mail_from, rcpts, raw)
-        except Exception as e:  # never let Twisted turn it into a bare 550
+        except Exception as e:
             stored = False
             self.seam.record(ERROR, error=f"delivery failed: {type(e).__name__}: {e}", **internal(e))
         if not stored:
             self.sendCode(451, b"4.3.0 Requested action aborted: local error in processing")
-            return defer.Deferred()
-        return defer.succeed(None)
+        return stored
 
     def _store(self, mail_from: str, rcpts: list[str], raw: bytes) -> bool:
         deliver = self.factory.mail.deliver
@@ -787,6 +821,21 @@ class TestbedSMTP(smtp.ESMTP):
         if not self._fault_handled(self._at("QUIT"), "QUIT"):
             self.sendCode(221, b"2.0.0 Bye")
             self.transport.loseConnection()
+
+
+def _verbs(cls: type) -> dict[str, Any]:
+    """What ``ESMTP.lookupMethod`` finds for each verb (``do_VERB``, else ``ext_VERB``), as functions of ``cls``."""
+    verbs = {}
+    for prefix in ("ext_", "do_"):  # do_ last: it wins
+        for attr in dir(cls):
+            verb = attr[len(prefix):]
+            if attr.startswith(prefix) and verb.isalpha() and verb.isupper():
+                verbs[verb] = getattr(cls, attr)
+    return verbs
+
+
+#: The command methods, looked up once rather than by two ``getattr`` with built names per command.
+_VERBS = _verbs(TestbedSMTP)
 
 
 # -- the factory ------------------------------------------------------------------------------
