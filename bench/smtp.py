@@ -4,7 +4,8 @@ Run by hand, never in CI:  python bench/smtp.py [--messages 2000]
 
 Each server runs in its own subprocess on 127.0.0.1 (ephemeral port); the
 clients are smtplib, one session sending N messages, then 4 sessions in 4
-processes sending N/4 each. One run, same message, ratios printed.
+processes sending N/4 each, in interleaved rounds (each figure is the median
+of its rounds). One run, same message, ratios printed.
 """
 
 from __future__ import annotations
@@ -176,38 +177,59 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
-def measure(kind: str, messages: int, sessions: int) -> tuple[float, float, float]:
+def start(kind: str) -> tuple[subprocess.Popen, int]:
+    """A server subprocess of ``kind`` and its port, warmed up with 100 messages."""
     server = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", kind],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        line = server.stdout.readline().split()
-        if not line or line[0] != "PORT":
-            raise RuntimeError(f"{kind} server did not start")
-        port = int(line[1])
-        send(port, 100)  # warm up
-        cpu = cpu_seconds(server.pid)
-        start, end = send(port, messages)
-        cpu = cpu_seconds(server.pid) - cpu
-        single = messages / (end - start)
-        many = parallel(port, messages, sessions)
-        return single, many, cpu / messages * 1e6
-    finally:
-        server.stdin.close()
-        server.terminate()
-        server.wait(10)
+    line = server.stdout.readline().split()
+    if not line or line[0] != "PORT":
+        stop(server)
+        raise RuntimeError(f"{kind} server did not start")
+    port = int(line[1])
+    send(port, 100)
+    return server, port
+
+
+def stop(server: subprocess.Popen) -> None:
+    server.stdin.close()
+    server.terminate()
+    server.wait(10)
+
+
+def measure(server: subprocess.Popen, port: int, messages: int, sessions: int) -> tuple[float, float, float]:
+    """One round against a running server: msgs/s of one session, of ``sessions`` at once, CPU µs/msg of the first."""
+    cpu = cpu_seconds(server.pid)
+    start_time, end = send(port, messages)
+    cpu = cpu_seconds(server.pid) - cpu
+    return messages / (end - start_time), parallel(port, messages, sessions), cpu / messages * 1e6
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000, help="messages per case (default 2000)")
     parser.add_argument("--sessions", type=int, default=4, help="parallel sessions in the second case (default 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every server (default 3)")
     parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         {"testbed": serve_testbed, "twisted": serve_twisted, "aiosmtpd": serve_aiosmtpd}[args.serve]()
         return
-    results = {kind: measure(kind, args.messages, args.sessions) for kind in SERVERS}
-    print(f"{args.messages} messages of {len(MESSAGE)} bytes per case, smtplib clients, msgs/s (one run)")
+    servers = {}
+    try:
+        for kind in SERVERS:
+            servers[kind] = start(kind)
+        rounds = {kind: [] for kind in SERVERS}
+        for _ in range(max(1, args.rounds)):
+            # Interleaved rounds: a burst of other work on the machine lands on one round of every server.
+            for kind in SERVERS:
+                rounds[kind].append(measure(*servers[kind], args.messages, args.sessions))
+    finally:
+        for server, _ in servers.values():
+            stop(server)
+    # Each figure is the median of its rounds.
+    results = {kind: [sorted(column)[len(column) // 2] for column in zip(*runs)] for kind, runs in rounds.items()}
+    print(f"{args.messages} messages of {len(MESSAGE)} bytes per case, smtplib clients, msgs/s, "
+          f"median of {max(1, args.rounds)} interleaved rounds (one run)")
     print(f"{'case':<22}{'testbed':>10}{'twisted':>10}{'aiosmtpd':>10}{'tb/twisted':>12}{'tb/aiosmtpd':>13}")
     for i, case in enumerate(("1 session", f"{args.sessions} parallel sessions")):
         tb, tw, aio = (results[k][i] for k in SERVERS)
