@@ -20,7 +20,18 @@ from testbed.testing import connect
 
 BODY = b"Hello, world!"
 
+#: path -> (status, headers, body): the testbed's routes, and what the stock resource below answers.
+ROUTES = {
+    b"/hello": (200, {}, BODY),
+    b"/typed": (201, {"Content-Type": "application/json", "X-Trace": "abc"}, b'{"id": 1}'),
+    b"/empty": (200, {}, b""),
+    b"/nothing": (204, {}, b""),
+    b"/same": (304, {}, b""),
+    b"/stale": (304, {}, b"old"),  # a body where none may go: Twisted drops it, and sends no Content-Type
+}
+
 REQUESTS = [
+    *(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path for path in ROUTES),
     b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     b"GET /hello HTTP/1.0\r\n\r\n",
@@ -34,7 +45,11 @@ class Hello(resource.Resource):
     isLeaf = True
 
     def render_GET(self, request):
-        return BODY
+        status, headers, body = ROUTES[request.path]
+        request.setResponseCode(status)
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        return body
 
 
 def _answer(site, request: bytes) -> bytes:
@@ -47,7 +62,9 @@ def _answer(site, request: bytes) -> bytes:
 
 
 def _testbed_site():
-    scenario = {"servers": {"http": {"tls_listen": "", "routes": [{"path": "/hello", "body": BODY.decode()}]}}}
+    routes = [{"path": path.decode(), "status": status, "headers": headers, "body": body.decode()}
+              for path, (status, headers, body) in ROUTES.items()]
+    scenario = {"servers": {"http": {"tls_listen": "", "routes": routes}}}
     bed = Testbed(scenario, reactor=Clock())
     http = bed.server("http")
     site = http_module.QuietSite(http_module.TestbedResource(http), reactor=Clock())

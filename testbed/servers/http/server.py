@@ -213,15 +213,15 @@ def _readable_range(value: bytes) -> bool:
     return True
 
 
-def _header_items(raw_headers: dict) -> tuple:
-    """((name, value), ...) from twisted.web's Headers dict: repeated headers joined with ", ", in C (no frame)."""
-    return tuple(zip(raw_headers.keys(), map(b", ".join, raw_headers.values())))
+_COMMA = b", "
 
 
 # Bound once: twisted.web.http is a deprecation proxy, and every attribute read through it costs a call.
 _TwistedChunkedDecoder = http._ChunkedTransferDecoder
 _MalformedChunkedDataError = http._MalformedChunkedDataError
 _choose_decoder = http.HTTPChannel._maybeChooseTransferDecoder
+_channel_data_received = http.HTTPChannel.dataReceived
+_content_file = http._getContentFile
 
 
 class _StrictChunkedDecoder(_TwistedChunkedDecoder):
@@ -291,7 +291,7 @@ class TestbedChannel(http.HTTPChannel):
             self.resetTimeout()
             self._refuse(400, "bare LF in the request head")
             return
-        super().dataReceived(data)
+        _channel_data_received(self, data)
 
     def _bare_lf_in_head(self, data: bytes) -> bool:
         """A LF without its CR before the end of the request head (what follows it is a body)."""
@@ -352,8 +352,11 @@ class TestbedResource(resource.Resource):
         # reads ``requests``, and the garbage collector stops tracking exact
         # tuples (not NamedTuples): a few hundred thousand tracked records made
         # full collections pause the server for 20-110 ms.
-        raw = (method, path, raw_query,
-               _header_items(request.requestHeaders._rawHeaders), body, channel.tls, conn, uri)
+        # The headers from twisted.web's Headers dict (its documented ``_rawHeaders``), repeated ones joined
+        # with ", ", copied in C.
+        headers = request.requestHeaders._rawHeaders
+        raw = (method, path, raw_query, tuple(zip(headers.keys(), map(_COMMA.join, headers.values()))),
+               body, channel.tls, conn, uri)
         http._requests.append(raw)
         record = RawRequest(raw)
         # Journaled once, when answered, with the reply folded in (``journal``).
@@ -405,7 +408,7 @@ class TestbedResource(resource.Resource):
         set_header = request.responseHeaders.setRawHeaders
         for name, value in headers:
             set_header(name, [value])
-        if getattr(request, "testbed_cut", None) is None:
+        if request.testbed_cut is None:
             # The common reply, journaled here in one call: the same event ``journal`` records.
             record, size = request.testbed_request
             http = self.http
@@ -518,6 +521,9 @@ def cut_after(request, limit: int | None) -> None:
 
 
 _SERVER_HEADER = [server.version]
+#: Statuses twisted.web sends without a default Content-Type.
+_NO_CONTENT_TYPE = (http.NOT_MODIFIED, http.NO_CONTENT)
+_http_request_write = http.Request.write
 _unquote = server.unquote
 #: (second, its HTTP date): the Date header, formatted once a second.
 _date_cache = (0, b"")
@@ -533,7 +539,7 @@ def _http_date() -> bytes:
 
 def _cut_fields(request) -> dict:
     """What a reply's journal entry adds when ``short_body`` cuts it."""
-    cut = getattr(request, "testbed_cut", None)
+    cut = request.testbed_cut
     return {} if cut is None else {"broken": "short_body", "cut_after": cut}
 
 
@@ -547,6 +553,9 @@ class TestbedRequest(server.Request):
     ``prepath``) nor an encoder to ask ``TestbedResource`` for. ``tests/test_http.py`` checks that the
     response bytes equal stock twisted.web's.
     """
+
+    #: What ``short_body`` cut this response after (bytes, or "half"), else None.
+    testbed_cut = None
 
     def process(self):
         path = self.path
@@ -565,6 +574,33 @@ class TestbedRequest(server.Request):
             self.render(site.resource)
         except BaseException:
             self.processingFailed(failure.Failure())
+
+    def render(self, resrc):
+        """``server.Request.render`` for ``TestbedResource``, which always answers bytes or NOT_DONE_YET and
+        never raises UnsupportedMethod: the Content-Length goes straight into the headers.
+
+        HEAD keeps Twisted's own handling (a body rendered for HEAD is eaten, its length kept).
+        """
+        if self.method == b"HEAD":
+            return super().render(resrc)
+        body = resrc.render(self)
+        if body is server.NOT_DONE_YET:
+            return
+        self.responseHeaders._rawHeaders[b"Content-Length"] = [b"%d" % len(body)]
+        self.write(body)
+        self.finish()
+
+    def write(self, data):
+        """``server.Request.write``, its default Content-Type decided on the headers dict directly on the first write."""
+        if self.startedWriting or self._inFakeHead or self._encoder is not None:
+            return super().write(data)
+        headers = self.responseHeaders._rawHeaders
+        if (b"Content-Type" not in headers and self.code not in _NO_CONTENT_TYPE
+                and self.defaultContentType is not None):
+            length = headers.get(b"Content-Length")
+            if not (length and length[0] == b"0"):
+                headers[b"Content-Type"] = [self.defaultContentType]
+        _http_request_write(self, data)
 
     def processingFailed(self, reason):
         channel = self.channel
@@ -593,6 +629,14 @@ class QuietSite(SeamFactory, server.Site):
 
     def log(self, request):
         pass
+
+    def getContentFile(self, length):
+        """Where a request body goes: twisted.web's own choice (memory under 100 kB, else a temporary file).
+
+        ``server.Request.gotLength`` asks the site for this optional hook on every request; a site
+        without it costs an AttributeError raised and caught each time.
+        """
+        return _content_file(length)
 
 
 class HTTPServer(Server):
