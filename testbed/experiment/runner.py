@@ -61,6 +61,16 @@ def expanded(plan: plan_module.Plan, rows: list[dict]) -> plan_module.Plan:
                             for name, faults in explored_plans(control["reached"], protocols, plan.budget)])
 
 
+def in_plan_order(plan: plan_module.Plan, rows: list[dict]) -> list[dict]:
+    """The rows in the plan's cell order (rows of cells the plan does not have last, as they were).
+
+    Rows arrive in the order parallel cells happen to finish; whatever is printed
+    or written from them (examples, reports) must not change with that order.
+    """
+    order = {c.id: i for i, c in enumerate(expanded(plan, rows).cells())}
+    return sorted(rows, key=lambda r: order.get(r["cell"], len(order)))
+
+
 def summarize(rows: list[dict]) -> dict:
     """Counts by verdict, flaky groups (repeats that disagree) and a broken control."""
     latest = {r["cell"]: r for r in rows}
