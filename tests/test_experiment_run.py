@@ -91,7 +91,7 @@ class FinishingBackwards:
         pass
 
 
-def test_findings_follow_the_plan_not_the_order_cells_finish(tmp_path, monkeypatch, capsys):
+def test_findings_and_reports_follow_the_plan_not_the_order_cells_finish(tmp_path, monkeypatch, capsys):
     from testbed import cli
     from testbed.experiment import executors
 
@@ -103,6 +103,9 @@ def test_findings_follow_the_plan_not_the_order_cells_finish(tmp_path, monkeypat
     assert cli.main(["experiment", "run", str(plan), "--jobs", "2", "--out", str(tmp_path / "out")]) == 1
     findings = capsys.readouterr().out.split("Findings:")[1]
     assert "failed in 6 cell(s), e.g. first/seed=1/r0: stored 2 times: first/seed=1/r0" in findings
+    suite = ET.parse(tmp_path / "out" / "junit.xml").getroot()
+    assert [case.get("name") for case in suite.findall("testcase")] == [
+        f"{name}/seed={seed}/r0" for name in ("control", "first", "second", "third") for seed in (1, 2)]
 
 
 def test_flaky_groups_are_repeats_that_disagree():
