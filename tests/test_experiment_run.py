@@ -108,6 +108,16 @@ def test_findings_and_reports_follow_the_plan_not_the_order_cells_finish(tmp_pat
         f"{name}/seed={seed}/r0" for name in ("control", "first", "second", "third") for seed in (1, 2)]
 
 
+def test_explore_starts_from_the_plans_first_control_cell_whichever_finished_first():
+    plan = make_plan(plans=[], explore=True, budget=1000, seeds=2, checks=[])
+    connect, ehlo = ({"server": "smtp", "on": on, "attributes": {}} for on in ("connect", "EHLO"))
+    rows = [{"cell": "control/seed=1/r0", "plan": "control", "reached": [connect]},
+            {"cell": "control/seed=2/r0", "plan": "control", "reached": [connect, ehlo]}]
+    for finished in (rows, rows[::-1]):
+        names = [p.name for p in runner.expanded(plan, finished).plans]
+        assert names and all(name.startswith("smtp.connect.") for name in names)
+
+
 def test_flaky_groups_are_repeats_that_disagree():
     rows = [{"cell": f"p/seed=1/r{r}", "group": "p/seed=1", "plan": "p", "verdict": v}
             for r, v in enumerate(["pass", "fail"])]

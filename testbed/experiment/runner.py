@@ -53,7 +53,9 @@ def expanded(plan: plan_module.Plan, rows: list[dict]) -> plan_module.Plan:
     """The plan with its explored plans, read from the control run's reached points."""
     if not plan.explore:
         return plan
-    control = next((r for r in rows if r["plan"] == "control"), None)
+    # The plan's first control cell, not the first to finish: the explored plans must not depend on that.
+    by_cell = {r["cell"]: r for r in rows}
+    control = next((by_cell[c.id] for c in plan.cells() if c.plan == "control" and c.id in by_cell), None)
     if control is None:
         return plan
     protocols = {n: e.protocol for n, e in plan.scenario.servers.items()}
