@@ -50,7 +50,7 @@ def _load_plan(path: str, client: str | None):
 
 
 def _findings(rows: list[dict], summary: dict) -> list[str]:
-    """Readable findings: each distinct failed check, with how many cells and one example."""
+    """Readable findings: each distinct failed check, with how many cells and one example (the first of ``rows``)."""
     seen: dict[str, list[str]] = {}
     for row in {r["cell"]: r for r in rows}.values():
         for check in row["checks"]:
@@ -78,7 +78,7 @@ def cmd_run(args) -> int:
         rows = runner.run(plan, out, executor, fail_fast=args.fail_fast, progress=Progress())
     finally:
         executor.close()
-    return _conclude(out, rows)
+    return _conclude(out, runner.in_plan_order(plan, rows))
 
 
 def _conclude(out: str, rows: list[dict]) -> int:

@@ -70,6 +70,54 @@ def test_local_run_writes_each_cell_resumes_and_reports(tmp_path):
     assert len(suite.findall("testcase/failure")) == 2
 
 
+class FinishingBackwards:
+    """An executor whose cells finish in the reverse of plan order; each faulted cell stores twice, without running."""
+
+    def __init__(self, jobs=1):
+        pass
+
+    def run(self, fn, calls):
+        for _, cell, _, _ in reversed(list(calls)):
+            ok = not cell["faults"]
+            yield {**cell, "verdict": "pass" if ok else "fail", "fired": [], "duration": 0.1, "exit_code": 0,
+                   "stdout_tail": "", "stderr_tail": "", "client_missing": False, "reached": [], "journal": None,
+                   "checks": [{"check": "stored_exactly_once()", "ok": ok,
+                               "detail": "stored once" if ok else f"stored 2 times: {cell['cell']}"}]}
+
+    def cancel(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_findings_and_reports_follow_the_plan_not_the_order_cells_finish(tmp_path, monkeypatch, capsys):
+    from testbed import cli
+    from testbed.experiment import executors
+
+    plan = tmp_path / "plan.toml"
+    plan.write_text('seeds = [1, 2]\n[client]\ncommand = ["true"]\n[scenario.servers.http]\nenabled = false\n'
+                    + "".join(f'[[plans]]\nname = "{name}"\n[[plans.faults]]\nserver = "smtp"\non = "RCPT"\n'
+                              'action = "reply"\ncode = 451\n' for name in ("first", "second", "third")))
+    monkeypatch.setattr(executors, "LocalExecutor", FinishingBackwards)
+    assert cli.main(["experiment", "run", str(plan), "--jobs", "2", "--out", str(tmp_path / "out")]) == 1
+    findings = capsys.readouterr().out.split("Findings:")[1]
+    assert "failed in 6 cell(s), e.g. first/seed=1/r0: stored 2 times: first/seed=1/r0" in findings
+    suite = ET.parse(tmp_path / "out" / "junit.xml").getroot()
+    assert [case.get("name") for case in suite.findall("testcase")] == [
+        f"{name}/seed={seed}/r0" for name in ("control", "first", "second", "third") for seed in (1, 2)]
+
+
+def test_explore_starts_from_the_plans_first_control_cell_whichever_finished_first():
+    plan = make_plan(plans=[], explore=True, budget=1000, seeds=2, checks=[])
+    connect, ehlo = ({"server": "smtp", "on": on, "attributes": {}} for on in ("connect", "EHLO"))
+    rows = [{"cell": "control/seed=1/r0", "plan": "control", "reached": [connect]},
+            {"cell": "control/seed=2/r0", "plan": "control", "reached": [connect, ehlo]}]
+    for finished in (rows, rows[::-1]):
+        names = [p.name for p in runner.expanded(plan, finished).plans]
+        assert names and all(name.startswith("smtp.connect.") for name in names)
+
+
 def test_flaky_groups_are_repeats_that_disagree():
     rows = [{"cell": f"p/seed=1/r{r}", "group": "p/seed=1", "plan": "p", "verdict": v}
             for r, v in enumerate(["pass", "fail"])]

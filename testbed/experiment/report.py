@@ -14,7 +14,7 @@ import re
 import shlex
 import xml.etree.ElementTree as ET
 
-from testbed.experiment.runner import read_results, summarize
+from testbed.experiment.runner import in_plan_order, read_plan, read_results, summarize
 
 MISSING = "report.html needs matplotlib: pip install 'twisted-testbed[report]'"
 
@@ -39,6 +39,15 @@ def _svg(plt, fig) -> str:
     svg = buf.getvalue()
     svg = re.sub(r"<\?xml.*?\?>|<!DOCTYPE.*?>|<metadata>.*?</metadata>", "", svg, flags=re.S)
     return re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg).strip()
+
+
+def ordered_results(out_dir: str) -> list[dict]:
+    """DIR's rows in its plan's cell order, not the order cells finished in (by cell id without a readable plan)."""
+    rows = read_results(out_dir)
+    try:
+        return in_plan_order(read_plan(out_dir), rows)
+    except (OSError, ValueError):  # no plan.json, or its scenario is gone or invalid (a ScenarioError)
+        return sorted(rows, key=lambda r: r["cell"])
 
 
 def latest(rows: list[dict]) -> dict[str, dict]:
@@ -130,7 +139,7 @@ def _load_journal(out_dir: str, row: dict) -> list[dict]:
 def write_html(out_dir: str) -> str:
     """Write DIR/report.html from DIR/results.jsonl; returns its path."""
     plt = _pyplot()
-    rows = read_results(out_dir)
+    rows = ordered_results(out_dir)
     summary = summarize(rows)
     esc = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Experiment report</title><style>"
@@ -178,7 +187,7 @@ def write_html(out_dir: str) -> str:
 
 def write_junit(out_dir: str) -> str:
     """Write DIR/junit.xml: one test case a cell, failures with each failed check's reason."""
-    rows = list(latest(read_results(out_dir)).values())
+    rows = list(latest(ordered_results(out_dir)).values())
     summary = summarize(rows)
     suite = ET.Element("testsuite", name="experiment", tests=str(len(rows)),
                        failures=str(summary["fail"]), errors=str(summary["error"] + summary["timeout"]))

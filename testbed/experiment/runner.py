@@ -53,12 +53,24 @@ def expanded(plan: plan_module.Plan, rows: list[dict]) -> plan_module.Plan:
     """The plan with its explored plans, read from the control run's reached points."""
     if not plan.explore:
         return plan
-    control = next((r for r in rows if r["plan"] == "control"), None)
+    # The plan's first control cell, not the first to finish: the explored plans must not depend on that.
+    by_cell = {r["cell"]: r for r in rows}
+    control = next((by_cell[c.id] for c in plan.cells() if c.plan == "control" and c.id in by_cell), None)
     if control is None:
         return plan
     protocols = {n: e.protocol for n, e in plan.scenario.servers.items()}
     return plan.with_plans([plan_module.NamedPlan(name, faults)
                             for name, faults in explored_plans(control["reached"], protocols, plan.budget)])
+
+
+def in_plan_order(plan: plan_module.Plan, rows: list[dict]) -> list[dict]:
+    """The rows in the plan's cell order (rows of cells the plan does not have last, as they were).
+
+    Rows arrive in the order parallel cells happen to finish; whatever is printed
+    or written from them (examples, reports) must not change with that order.
+    """
+    order = {c.id: i for i, c in enumerate(expanded(plan, rows).cells())}
+    return sorted(rows, key=lambda r: order.get(r["cell"], len(order)))
 
 
 def summarize(rows: list[dict]) -> dict:
