@@ -13,7 +13,7 @@ from typing import Any, Callable
 from twisted.internet.protocol import DatagramProtocol
 
 from testbed.faults.engine import Fault, FaultEngine
-from testbed.faults.wire import corrupt
+from testbed.faults.wire import corrupt, forward_to_transport
 from testbed.journal import DATA, Journal
 
 
@@ -139,8 +139,11 @@ class FaultingDatagramProtocol(DatagramProtocol):
             self.journal.record(DATA, self.server, peer.conn, direction=direction, size=len(data), payload=keep,
                                 peer=peer.label)
 
-    def __getattr__(self, name):
-        # getHost, connect, loseConnection...: the real port's
-        if name == "transport":
-            raise AttributeError(name)
-        return getattr(self.transport, name)
+
+
+#: The port's own methods a datagram protocol may call on its transport, each read from the real port when asked.
+FORWARDED = ("getHost", "connect", "loseConnection", "stopListening", "getHandle", "fileno", "socket",
+             "setBroadcastAllowed", "getBroadcastAllowed", "joinGroup", "leaveGroup", "setTTL", "getTTL",
+             "setLoopbackMode", "getLoopbackMode", "setOutgoingInterface", "getOutgoingInterface")
+
+forward_to_transport(FaultingDatagramProtocol, FORWARDED)

@@ -669,16 +669,18 @@ FORWARDED = ("loseWriteConnection", "getTcpNoDelay", "setTcpNoDelay", "getTcpKee
              "disconnected")
 
 
-def _forward(name: str) -> property:
-    def read(self):
-        return getattr(self.transport, name)
+def forward_to_transport(cls: type, names: tuple[str, ...]) -> None:
+    """Give a wrapper class one property per name, reading that attribute from ``self.transport`` when asked.
 
-    return property(read, doc=f"The transport's ``{name}``.")
+    The wrappers name what they forward rather than forward through ``__getattr__``: CPython does not
+    specialise attribute lookups on a class with ``__getattr__``, and a wrapper is on every byte's path.
+    """
+    for name in names:
+        setattr(cls, name, property(lambda self, _name=name: getattr(self.transport, _name),
+                                    doc=f"The transport's ``{name}``."))
 
 
-for _name in FORWARDED:
-    setattr(FaultingProtocol, _name, _forward(_name))
-del _name
+forward_to_transport(FaultingProtocol, FORWARDED)
 
 
 class HandshakeCut:
