@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json as jsonlib
 import os
 import re
@@ -139,11 +140,26 @@ class HTTPRequest(NamedTuple):
 
     @classmethod
     def decode(cls, raw: tuple) -> "HTTPRequest":
-        """From the raw tuple the server keeps: (method, path, query, headers, body, tls, conn, uri) in bytes."""
-        method, path, query, headers, body, tls, conn, uri = raw
+        """From the raw tuple the server keeps (``RAW_FIELDS``, then the headers flattened), in bytes."""
+        method, path, query, body, tls, conn, uri = raw[:_HEADERS_AT]
         return cls(method.decode("ascii", "replace"), path.decode("utf-8", "replace"), query.decode("utf-8", "replace"),
-                   tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in headers),
+                   tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in _header_pairs(raw)),
                    body, tls, conn, uri.decode("utf-8", "replace"))
+
+
+#: What the server keeps of a request, as one flat tuple: these fields, then name, value, name, value... of
+#: its headers (repeated ones joined with ", "). One exact tuple of bytes and numbers: the garbage collector
+#: stops tracking it at its first look, and one tracked allocation a request (not one per header) is what
+#: sets how often the young generation is collected under load.
+RAW_FIELDS = ("method", "path", "query", "body", "tls", "conn", "uri")
+_HEADERS_AT = len(RAW_FIELDS)
+_BODY, _TLS = RAW_FIELDS.index("body"), RAW_FIELDS.index("tls")
+
+
+def _header_pairs(raw: tuple):
+    """(name, value) pairs of a raw request's flattened headers."""
+    headers = iter(raw[_HEADERS_AT:])
+    return zip(headers, headers)
 
 
 class RawRequest:
@@ -170,16 +186,16 @@ class RawRequest:
     @property
     def headers(self) -> dict[str, str]:
         if self._headers is None:
-            self._headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.raw[3]}
+            self._headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in _header_pairs(self.raw)}
         return self._headers
 
     @property
     def body(self) -> bytes:
-        return _body_bytes(self.raw[4])
+        return _body_bytes(self.raw[_BODY])
 
     @property
     def tls(self) -> bool:
-        return self.raw[5]
+        return self.raw[_TLS]
 
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
@@ -214,6 +230,7 @@ def _readable_range(value: bytes) -> bool:
 
 
 _COMMA = b", "
+_chain = itertools.chain.from_iterable
 
 
 # Bound once: twisted.web.http is a deprecation proxy, and every attribute read through it costs a call.
@@ -348,15 +365,11 @@ class TestbedResource(resource.Resource):
         raw_query = uri.partition(b"?")[2]
         method = request.method
         path = request.path
-        # Stored raw, as an exact tuple of bytes: decoding waits until a test
-        # reads ``requests``, and the garbage collector stops tracking exact
-        # tuples (not NamedTuples): a few hundred thousand tracked records made
-        # full collections pause the server for 20-110 ms.
-        # The headers from twisted.web's Headers dict (its documented ``_rawHeaders``), repeated ones joined
-        # with ", ", copied in C.
+        # Stored raw (``RAW_FIELDS``): decoding waits until a test reads ``requests``. The headers come from
+        # twisted.web's Headers dict (its documented ``_rawHeaders``), flattened in C.
         headers = request.requestHeaders._rawHeaders
-        raw = (method, path, raw_query, tuple(zip(headers.keys(), map(_COMMA.join, headers.values()))),
-               body, channel.tls, conn, uri)
+        raw = (method, path, raw_query, body, channel.tls, conn, uri,
+               *_chain(zip(headers.keys(), map(_COMMA.join, headers.values()))))
         http._requests.append(raw)
         record = RawRequest(raw)
         # Journaled once, when answered, with the reply folded in (``journal``).
@@ -671,8 +684,8 @@ class HTTPServer(Server):
     def reset(self) -> None:
         super().reset()
         for raw in self._requests:
-            if isinstance(raw[4], SpooledBody):
-                raw[4].close()
+            if isinstance(raw[_BODY], SpooledBody):
+                raw[_BODY].close()
         self._requests = self.context.journal.records()
         self.routing.reset()
 
