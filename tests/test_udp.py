@@ -80,3 +80,20 @@ def test_drop_upstream_never_reaches_the_server(echo, testbed):
     echo.send(b"gone")
     assert replies(echo, 1) == []
     assert [e["direction"] for e in testbed.journal.query("data", server="echo")] == ["up"]
+
+
+def test_the_datagram_wrapper_hands_on_the_ports_methods():
+    from twisted.internet.protocol import DatagramProtocol
+
+    from testbed.faults.udp import FaultingDatagramProtocol
+    from testbed.journal import Journal
+    from testbed.testing import engine
+
+    class Port:
+        def getHost(self):
+            return ("127.0.0.1", 5353)
+
+    wrapper = FaultingDatagramProtocol(DatagramProtocol(), "dns", engine(), Journal(), clock=None)
+    wrapper.transport = Port()
+    assert wrapper.getHost() == ("127.0.0.1", 5353)
+    assert getattr(wrapper, "joinGroup", None) is None  # the port has none: absent here too, as getattr expects
