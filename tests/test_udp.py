@@ -97,3 +97,30 @@ def test_the_datagram_wrapper_hands_on_the_ports_methods():
     wrapper.transport = Port()
     assert wrapper.getHost() == ("127.0.0.1", 5353)
     assert getattr(wrapper, "joinGroup", None) is None  # the port has none: absent here too, as getattr expects
+
+
+def test_a_flood_of_datagrams_is_read_in_batches_so_tcp_clients_get_their_turn():
+    """One reactor event reads about UDP_READ_BUDGET bytes of datagrams; the rest wait for the next event."""
+    from twisted.internet.selectreactor import SelectReactor
+
+    from testbed.harness import Testbed
+    from testbed.servers.udp import UDP_READ_BUDGET
+
+    reactor = SelectReactor()  # never run: the test drives the port's reads by hand
+    bed = Testbed(SCENARIO, reactor=reactor)
+    bed.start()
+    try:
+        port = next(listener.port for listener in bed["echo"].listeners if listener.scheme == "udp")
+        datagram = b"x" * 64
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.connect((bed["echo"].host, bed["echo"].port))
+            for _ in range(300):
+                client.send(datagram)
+            port.doRead()
+            first = len(replies(client, 300, timeout=0.2))
+            port.doRead()
+            second = len(replies(client, 300, timeout=0.2))
+        assert first == UDP_READ_BUDGET // len(datagram)
+        assert second == first  # the rest waited in the socket for the next event
+    finally:
+        bed.stop()

@@ -19,6 +19,12 @@ def udp_address(endpoint: str) -> tuple[str, int]:
     return getattr(parsed, "_interface", "127.0.0.1") or "0.0.0.0", getattr(parsed, "_port", 0)
 
 
+#: Bytes of datagrams a UDP port reads per reactor event (Twisted's ``Port.maxThroughput``, 256 KiB by default).
+#: 256 KiB is thousands of DNS queries in one go: under a query flood every TCP client waited for each batch,
+#: and HTTP fell to 80 requests a second beside dnsperf (``bench/soak.py``). 4 KiB is a hundred queries or so.
+UDP_READ_BUDGET = 4096
+
+
 def listen_udp(server: Server, endpoint: str, protocol, label: str, port: int | None = None) -> Listener:
     """Listen on UDP at the endpoint's interface and port (or ``port`` when given)."""
     interface, number = udp_address(endpoint)
@@ -26,6 +32,7 @@ def listen_udp(server: Server, endpoint: str, protocol, label: str, port: int | 
         udp_port = server.context.reactor.listenUDP(number if port is None else port, protocol, interface=interface)
     except CannotListenError as e:
         raise server.listen_error(endpoint, e) from None
+    udp_port.maxThroughput = UDP_READ_BUDGET
     listener = Listener(label, udp_port, False, "udp")
     server.listeners.append(listener)
     return listener
