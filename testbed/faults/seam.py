@@ -23,14 +23,16 @@ from testbed.journal import REPLY, Journal
 class StageSeam:
     """One connection's view of the fault engine and the journal."""
 
-    __slots__ = ("engine", "server", "conn", "journal", "clock", "replies", "_wire", "_connect", "_connect_asked",
-                 "guarded")
+    __slots__ = ("engine", "server", "conn", "journal", "clock", "replies", "tls", "_wire", "_connect",
+                 "_connect_asked", "guarded")
 
     def __init__(self, engine: FaultEngine | None, server: str, conn: int, journal: Journal | None = None,
-                 clock=None, replies: ReplyStyle | None = None):
+                 clock=None, replies: ReplyStyle | None = None, tls: bool = False):
         self.engine = engine
         self.server = server
         self.conn = conn
+        #: Whether the connection came in on a TLS listener (implicit TLS; STARTTLS comes later).
+        self.tls = tls
         self.journal = journal if journal is not None else (engine.journal if engine is not None else None)
         self.clock = clock
         self.replies = replies

@@ -742,7 +742,7 @@ class FaultingFactory(WrappingFactory):
 
     def new_seam(self) -> StageSeam:
         return StageSeam(self.engine, self.server, self.engine.next_connection(self.server), self.journal,
-                         self.clock, self.replies)
+                         self.clock, self.replies, self.tls)
 
     def build_wrapped(self, addr, seam: StageSeam):
         if isinstance(self.wrappedFactory, SeamFactory):
@@ -797,4 +797,4 @@ class ChannelFactory(FaultingFactory):
 
     def new_seam(self) -> StageSeam:
         seam = self.parent
-        return StageSeam(seam.engine, seam.server, seam.conn, self.journal, seam.clock, seam.replies)
+        return StageSeam(seam.engine, seam.server, seam.conn, self.journal, seam.clock, seam.replies, self.tls)

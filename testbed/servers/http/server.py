@@ -273,12 +273,6 @@ class TestbedChannel(http.HTTPChannel):
     """
 
     seam = NO_SEAM
-    #: Whether this connection came in on a TLS listener (the fault wrapper's factory says).
-    tls = False
-
-    def connectionMade(self):
-        self.tls = bool(getattr(getattr(self.transport, "factory", None), "tls", False))
-        super().connectionMade()
 
     def _refuse(self, status: int, reason: str) -> None:
         self.seam.record(ERROR, error="bad request", status=status, reason=reason)
@@ -347,8 +341,7 @@ class TestbedResource(resource.Resource):
 
     def render(self, request: server.Request):
         http = self.http
-        channel = request.channel
-        seam = channel.seam
+        seam = request.channel.seam
         conn = seam.conn
         content = request.content
         if type(content) is io.BytesIO:  # twisted.web keeps bodies under 100 kB (and none) in memory
@@ -368,7 +361,7 @@ class TestbedResource(resource.Resource):
         # Stored raw (``RAW_FIELDS``): decoding waits until a test reads ``requests``. The headers come from
         # twisted.web's Headers dict (its documented ``_rawHeaders``), flattened in C.
         headers = request.requestHeaders._rawHeaders
-        raw = (method, path, raw_query, body, channel.tls, conn, uri,
+        raw = (method, path, raw_query, body, seam.tls, conn, uri,
                *_chain(zip(headers.keys(), map(_COMMA.join, headers.values()))))
         http._requests.append(raw)
         record = RawRequest(raw)

@@ -349,7 +349,7 @@ class TestbedIMAPServer(IMAP4Server):
         self.seam.guard(True)  # until a login: LOGIN and AUTHENTICATE carry secrets
         self.tags = {}
         self.canStartTLS = interfaces.ITLSTransport(self.transport, None) is not None
-        self.secure = bool(getattr(getattr(self.transport, "factory", None), "tls", False)) or (
+        self.secure = self.seam.tls or (
             interfaces.ISSLTransport(self.transport, None) is not None)
         self.setTimeout(self.timeOut)
         fault = self.seam.at("connect")

@@ -507,7 +507,7 @@ class TestbedSMTP(smtp.ESMTP):
         return self._host + b" ESMTP twisted-testbed"
 
     def connectionMade(self) -> None:
-        self.tls = bool(getattr(getattr(self.transport, "factory", None), "tls", False))
+        self.tls = self.seam.tls
         if self.challengers:
             self.seam.guard(True)  # AUTH's responses carry the credentials
         fault = self.seam.at("connect")
