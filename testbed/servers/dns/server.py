@@ -409,9 +409,10 @@ class DNSFactory(SeamFactory, ZoneServerFactory):
         if ex.edns:
             data = _with_opt(data)
         rcode = _RCODE_NAMES.get(message.rCode) or _rcode_name(message.rCode)
+        silent = action is not None and (action == "drop" or (ex.transport == "udp" and action in _SILENT_ON_UDP))
+        self.raw_queries.append((ex.name, ex.type, ex.transport, rcode, ex.conn, message.id, ex.peer, action,
+                                 truncated, not silent, data))
         if action is None:
-            self.raw_queries.append((ex.name, ex.type, ex.transport, rcode, ex.conn, message.id, ex.peer, None,
-                                     truncated, True, data))
             if self.journal is not None:
                 # The query and its answer, in one event: the common case costs one record.
                 self.journal.record(COMMAND, self.server, ex.conn, command="query", name=ex.name, type=ex.type,
@@ -420,9 +421,6 @@ class DNSFactory(SeamFactory, ZoneServerFactory):
                                         {"opcode": ex.opcode} if ex.opcode != dns.OP_QUERY else _PLAIN))
             ex.protocol.send(data, address)
             return
-        silent = action == "drop" or (ex.transport == "udp" and action in _SILENT_ON_UDP)
-        self.raw_queries.append((ex.name, ex.type, ex.transport, rcode, ex.conn, message.id, ex.peer, action,
-                                 truncated, not silent, data))
         fields = {"command": "query", "name": ex.name, "type": ex.type, "transport": ex.transport, "id": ex.id,
                   "rcode": rcode, "answers": len(message.answers), "fault": action, "sent": not silent}
         if truncated:

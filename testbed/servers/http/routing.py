@@ -19,9 +19,13 @@ Response = tuple  # (status, [(name, value) bytes pairs], body bytes)
 ANY_JSON = object()
 
 
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
 def _matcher(pattern: str):
     """A test for one glob: plain equality when it has no wildcard, else a regex compiled once."""
-    if not any(c in pattern for c in "*?["):
+    if not _is_glob(pattern):
         return pattern.__eq__
     return re.compile(fnmatch.translate(pattern)).match
 
@@ -162,7 +166,7 @@ class RouteState(Handler):
 
     def exact(self) -> bool:
         """Whether one method and a literal path decide a match, always answered with the same response."""
-        return (self.fixed is not None and self.method != "*" and not any(c in self.path_pattern for c in "*?[")
+        return (self.fixed is not None and self.method != "*" and not _is_glob(self.path_pattern)
                 and self.query_text is None and not self.query and not self.headers and not self.body_contains
                 and self.json is ANY_JSON)
 

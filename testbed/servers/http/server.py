@@ -143,7 +143,7 @@ class HTTPRequest(NamedTuple):
         """From the raw tuple the server keeps (``RAW_FIELDS``, then the headers flattened), in bytes."""
         method, path, query, body, tls, conn, uri = raw[:_HEADERS_AT]
         return cls(method.decode("ascii", "replace"), path.decode("utf-8", "replace"), query.decode("utf-8", "replace"),
-                   tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in _header_pairs(raw)),
+                   tuple(_decoded_headers(raw)),
                    body, tls, conn, uri.decode("utf-8", "replace"))
 
 
@@ -156,10 +156,10 @@ _HEADERS_AT = len(RAW_FIELDS)
 _BODY, _TLS = RAW_FIELDS.index("body"), RAW_FIELDS.index("tls")
 
 
-def _header_pairs(raw: tuple):
-    """(name, value) pairs of a raw request's flattened headers."""
+def _decoded_headers(raw: tuple):
+    """(name in lower case, value) text pairs of a raw request's flattened headers."""
     headers = iter(raw[_HEADERS_AT:])
-    return zip(headers, headers)
+    return ((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in zip(headers, headers))
 
 
 class RawRequest:
@@ -186,7 +186,7 @@ class RawRequest:
     @property
     def headers(self) -> dict[str, str]:
         if self._headers is None:
-            self._headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in _header_pairs(self.raw)}
+            self._headers = dict(_decoded_headers(self.raw))
         return self._headers
 
     @property
@@ -556,8 +556,8 @@ class TestbedRequest(server.Request):
     work that buys nothing here left out: the Date header is formatted once a second (Twisted formats it on
     every request), the Server and Date values, ours and known clean, go into the headers without Headers'
     sanitising pass, and there is no resource tree to walk (``Site.getResourceFor`` and its copy of
-    ``prepath``) nor an encoder to ask ``TestbedResource`` for. ``tests/test_http.py`` checks that the
-    response bytes equal stock twisted.web's.
+    ``prepath``) nor an encoder to ask ``TestbedResource`` for. ``tests/test_http_fastpath.py`` checks that
+    the response bytes equal stock twisted.web's.
     """
 
     #: What ``short_body`` cut this response after (bytes, or "half"), else None.
