@@ -1,4 +1,5 @@
-"""Servers under measurement, each in its own subprocess: start one and read its port, stop them all.
+"""Servers under measurement, each in its own subprocess: start one and read its port, stop them all;
+measure them in interleaved rounds.
 
 Shared by the benches in this folder; a server subprocess prints its port as its first line of stdout.
 """
@@ -42,3 +43,21 @@ def stop(procs, timeout: float = 3.0) -> None:
             proc.wait(2)
         proc.stdout.close()
         proc.errors.close()
+
+
+def interleaved(kinds, rounds: int, measure) -> dict:
+    """{kind: [one result per round]}, from ``measure(kind, round_number)`` (rounds count from 1).
+
+    Every round measures each kind once, in turn: a burst of other work on this shared machine
+    lands on one round of every kind rather than on one kind's whole measurement.
+    """
+    runs = {kind: [] for kind in kinds}
+    for number in range(1, max(1, rounds) + 1):
+        for kind in kinds:
+            runs[kind].append(measure(kind, number))
+    return runs
+
+
+def median(runs, key=None):
+    """The median run (the upper one of an even count), by ``key``."""
+    return sorted(runs, key=key)[len(runs) // 2]

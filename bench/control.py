@@ -89,7 +89,7 @@ def main(argv=None):
         parser.error("wrk is not on PATH (Debian: apt-get install wrk)")
     duration, warmup = max(1, round(args.duration)), max(1, round(args.warmup))
     load = os.getloadavg()[0]
-    procs, ports, rates = [], {}, {kind: [] for kind in KINDS}
+    procs, ports = [], {}
     subscribers = {}
     try:
         for kind in KINDS:
@@ -102,12 +102,14 @@ def main(argv=None):
             url = f"http://127.0.0.1:{ports[kind]}{_http.PATH}"
             _http.check(url)
             _http.wrk(url, warmup, args.connections, 1, latency=False)
-        for round_ in range(args.rounds):
-            for kind, label in KINDS.items():
-                url = f"http://127.0.0.1:{ports[kind]}{_http.PATH}"
-                rps = _http.parse_wrk(_http.wrk(url, duration, args.connections, 1))[0]
-                rates[kind].append(rps)
-                print(f"  round {round_ + 1}, {label}: {rps:,.0f} req/s", file=sys.stderr, flush=True)
+
+        def measure(kind, round_number):
+            url = f"http://127.0.0.1:{ports[kind]}{_http.PATH}"
+            rps = _http.parse_wrk(_http.wrk(url, duration, args.connections, 1))[0]
+            print(f"  round {round_number}, {KINDS[kind]}: {rps:,.0f} req/s", file=sys.stderr, flush=True)
+            return rps
+
+        rates = _servers.interleaved(KINDS, args.rounds, measure)
     finally:
         _servers.stop(procs)
         for subscriber, _ in subscribers.values():

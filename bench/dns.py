@@ -164,7 +164,6 @@ def main(argv=None):
         f.writelines(f"{name} A\n" for name in NAMES)
         datafile = f.name
     procs = []
-    results = {}
     try:
         ports = {}
         for kind in kinds:
@@ -174,14 +173,9 @@ def main(argv=None):
             check(port)
         for kind in kinds:
             dnsperf(ports[kind], datafile, args.warmup, args.max_qps, args.outstanding)
-        rounds = {kind: [] for kind in kinds}
-        for _ in range(max(1, args.rounds)):
-            # Interleaved rounds: a burst of other work on the machine lands on one round of every server.
-            for kind in kinds:
-                rounds[kind].append(parse_dnsperf(dnsperf(ports[kind], datafile, args.duration, args.max_qps,
-                                                          args.outstanding)))
-        for kind, runs in rounds.items():
-            results[kind] = sorted(runs)[len(runs) // 2]
+        runs = _servers.interleaved(kinds, args.rounds, lambda kind, _: parse_dnsperf(
+            dnsperf(ports[kind], datafile, args.duration, args.max_qps, args.outstanding)))
+        results = {kind: _servers.median(kind_runs) for kind, kind_runs in runs.items()}
     finally:
         stop(procs)
         os.unlink(datafile)

@@ -185,21 +185,20 @@ def main(argv=None):
         for kind in SERVERS:  # start them all first: start-up is most of a subprocess's life
             proc, ports[kind] = start(kind)
             procs.append(proc)
-        rounds = {kind: [] for kind in SERVERS}
-        for round_number in range(1, max(1, args.rounds) + 1):
-            # Interleaved rounds: a burst of other work on the machine lands on one round of every
-            # server rather than on all of one server's.
-            for kind, label in SERVERS.items():
-                url = f"http://127.0.0.1:{ports[kind]}{PATH}"
-                if round_number == 1:
-                    check(url)
-                    wrk(url, warmup, args.connections, args.threads, latency=False)
-                rounds[kind].append(parse_wrk(wrk(url, duration, args.connections, args.threads)))
-                rps, p50, p99, errors = rounds[kind][-1]
-                print(f"  round {round_number}: {label}: {rps:,.0f} req/s"
-                      + (f"  [{'; '.join(errors)}]" if errors else ""), file=sys.stderr, flush=True)
-        for kind, runs in rounds.items():
-            results[kind] = sorted(runs, key=lambda run: run[0])[len(runs) // 2]
+
+        def measure(kind, round_number):
+            url = f"http://127.0.0.1:{ports[kind]}{PATH}"
+            if round_number == 1:
+                check(url)
+                wrk(url, warmup, args.connections, args.threads, latency=False)
+            run = parse_wrk(wrk(url, duration, args.connections, args.threads))
+            rps, p50, p99, errors = run
+            print(f"  round {round_number}: {SERVERS[kind]}: {rps:,.0f} req/s"
+                  + (f"  [{'; '.join(errors)}]" if errors else ""), file=sys.stderr, flush=True)
+            return run
+
+        for kind, runs in _servers.interleaved(SERVERS, args.rounds, measure).items():
+            results[kind] = _servers.median(runs, key=lambda run: run[0])
     finally:
         stop(procs)
 

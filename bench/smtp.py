@@ -20,6 +20,7 @@ if sys.path and os.path.abspath(sys.path[0] or ".") == _HERE:
     sys.path[0] = os.path.dirname(_HERE)
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
 import multiprocessing  # noqa: E402
 import smtplib  # noqa: E402
 import socket  # noqa: E402
@@ -39,6 +40,10 @@ MESSAGE = (
 ).encode()
 
 SERVERS = ("testbed", "twisted", "aiosmtpd")
+
+_spec = importlib.util.spec_from_file_location("_servers", os.path.join(_HERE, "_servers.py"))
+_servers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_servers)
 
 
 # -- the servers (each runs in its own process) ----------------------------------------------
@@ -218,16 +223,13 @@ def main() -> None:
     try:
         for kind in SERVERS:
             servers[kind] = start(kind)
-        rounds = {kind: [] for kind in SERVERS}
-        for _ in range(max(1, args.rounds)):
-            # Interleaved rounds: a burst of other work on the machine lands on one round of every server.
-            for kind in SERVERS:
-                rounds[kind].append(measure(*servers[kind], args.messages, args.sessions))
+        rounds = _servers.interleaved(SERVERS, args.rounds,
+                                      lambda kind, _: measure(*servers[kind], args.messages, args.sessions))
     finally:
         for server, _ in servers.values():
             stop(server)
     # Each figure is the median of its rounds.
-    results = {kind: [sorted(column)[len(column) // 2] for column in zip(*runs)] for kind, runs in rounds.items()}
+    results = {kind: [_servers.median(column) for column in zip(*runs)] for kind, runs in rounds.items()}
     print(f"{args.messages} messages of {len(MESSAGE)} bytes per case, smtplib clients, msgs/s, "
           f"median of {max(1, args.rounds)} interleaved rounds (one run)")
     print(f"{'case':<22}{'testbed':>10}{'twisted':>10}{'aiosmtpd':>10}{'tb/twisted':>12}{'tb/aiosmtpd':>13}")
