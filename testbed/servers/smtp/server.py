@@ -98,22 +98,14 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace")
 
 
-#: Parsed MAIL/RCPT paths by (path, default domain): a session names the same few addresses again and again,
-#: and Twisted's ``Address`` tokenizes with a regular expression each time. Never changed once made, so shared;
-#: bounded like the replies.
-_ADDRESSES: dict[tuple[bytes, bytes], smtp.Address] = {}
-_ADDRESS_CACHE = 512
-
-
+@functools.lru_cache(maxsize=512)
 def _address(path: bytes, domain: bytes) -> smtp.Address:
-    """``smtp.Address(path, domain)`` (raises ``AddressError``), parsed once per distinct path."""
-    key = (path, domain)
-    address = _ADDRESSES.get(key)
-    if address is None:
-        address = smtp.Address(path, domain)
-        if len(_ADDRESSES) < _ADDRESS_CACHE:
-            _ADDRESSES[key] = address
-    return address
+    """``smtp.Address(path, domain)`` (raises ``AddressError``), parsed once per distinct path.
+
+    A session names the same few addresses again and again, and Twisted's ``Address`` tokenizes with a
+    regular expression each time. Never changed once made, so shared.
+    """
+    return smtp.Address(path, domain)
 
 
 def _format_reply(code: int, message: bytes | str, raw: bool) -> tuple[bytes, str]:
@@ -651,15 +643,7 @@ class TestbedSMTP(smtp.ESMTP):
         except smtp.AddressError as e:
             self.sendCode(553, str(e))
             return
-        try:
-            origin = self.delivery.validateFrom(self._helo, origin)
-        except Exception:
-            self._ebFromValidate(Failure())
-            return
-        if isinstance(origin, defer.Deferred):
-            origin.addCallbacks(self._cbFromValidate, self._ebFromValidate)
-        else:
-            self._cbFromValidate(origin)
+        self._validated(self._cbFromValidate, self._ebFromValidate, (), self.delivery.validateFrom, self._helo, origin)
 
     def do_RCPT(self, rest: bytes) -> None:
         if not self._from:
@@ -674,15 +658,21 @@ class TestbedSMTP(smtp.ESMTP):
         except smtp.AddressError as e:
             self.sendCode(553, str(e))
             return
+        self._validated(self._cbToValidate, self._ebToValidate, (user,), self.delivery.validateTo, user)
+
+    @staticmethod
+    def _validated(callback, errback, extra: tuple, validate, *args) -> None:
+        """``maybeDeferred(validate, *args)`` without the Deferred: its answer goes to ``callback`` (with
+        ``extra``) at once, through its Deferred only when it gives one; an exception goes to ``errback``."""
         try:
-            rcpt = self.delivery.validateTo(user)
+            answer = validate(*args)
         except Exception:
-            self._ebToValidate(Failure())
+            errback(Failure())
             return
-        if isinstance(rcpt, defer.Deferred):
-            rcpt.addCallbacks(self._cbToValidate, self._ebToValidate, callbackArgs=(user,))
+        if isinstance(answer, defer.Deferred):
+            answer.addCallbacks(callback, errback, callbackArgs=extra)
         else:
-            self._cbToValidate(rcpt, user)
+            callback(answer, *extra)
 
     # SMTP._cbFromValidate and _cbToValidate with enhanced codes, written out: no super() call per command.
     def _cbFromValidate(self, fromEmail, code=250, msg=b"2.1.0 Sender OK"):
