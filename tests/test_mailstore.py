@@ -743,16 +743,15 @@ def test_bad_mailbox_names_rejected(tmp_path, name):
     assert sorted(os.listdir(root)) == ["alice@example.com"]
 
 
-
-def test_user_names_past_the_cache_bound_are_still_checked(monkeypatch):
-    monkeypatch.setattr(mailstore, "_USER_KEYS", {})
-    monkeypatch.setattr(mailstore, "_USER_KEYS_CACHED", 2)
-    names = ["A@x.test", "B@x.test", "C@x.test", "A@x.test", "C@x.test"]
+def test_user_names_past_the_cache_bound_are_still_checked():
+    bound = mailstore._user_key.cache_info().maxsize
+    names = [f"U{i}@x.test" for i in range(bound + 2)] + ["U0@x.test", f"U{bound + 1}@x.test"]
     assert [mailstore.normalize_user(n) for n in names] == [n.lower() for n in names]
-    assert len(mailstore._USER_KEYS) == 2
+    assert mailstore._user_key.cache_info().currsize == bound
     for _ in range(2):
         with pytest.raises(InvalidNameError):
             mailstore.normalize_user("../a@x.test")
+
 
 @pytest.mark.parametrize("name", BAD_USER_NAMES)
 def test_bad_user_names_rejected(tmp_path, name):

@@ -7,6 +7,7 @@ import bisect
 import datetime
 import email
 import email.policy
+import functools
 import hmac
 import itertools
 import logging
@@ -76,12 +77,6 @@ class InvalidNameError(ValueError, KeyError):
 # Names and flags
 
 
-#: Valid user names already checked, by the exact string given: every SMTP recipient and every
-#: login asks again for the same few. Bounded; past the bound a name is checked anew.
-_USER_KEYS: dict[str, str] = {}
-_USER_KEYS_CACHED = 1024
-
-
 def normalize_user(address: str) -> str:
     """Return the user key for ``address`` (lower-cased), or raise `InvalidNameError`.
 
@@ -92,16 +87,15 @@ def normalize_user(address: str) -> str:
     """
     if not isinstance(address, str) or not address:
         raise InvalidNameError(f"invalid user name {address!r}")
-    user = _USER_KEYS.get(address)
-    if user is None:
-        user = _check_user(address)
-        if len(_USER_KEYS) < _USER_KEYS_CACHED:
-            _USER_KEYS[address] = user
-    return user
+    return _user_key(address)
 
 
-def _check_user(address: str) -> str:
-    """`normalize_user` for a non-empty str, uncached."""
+@functools.lru_cache(maxsize=1024)
+def _user_key(address: str) -> str:
+    """`normalize_user` for a non-empty str, remembered per exact string (a refusal is not remembered).
+
+    Every SMTP recipient and every login asks again for the same few names.
+    """
     user = address.lower()
     if (
         user.startswith(".")
